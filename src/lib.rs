@@ -1,0 +1,12 @@
+//! diffedit: DiffEdit (Couairon et al., ICLR 2023) on Stable Diffusion, in Rust on candle.
+//!
+//! The library is layered: `models` (UNet, VAE, CLIP text encoder and tokenizer, loading from
+//! diffusers folders or the Hugging Face cache), `scheduler` (the DDIM schedule as pure
+//! functions), `diffedit` (mask, inversion, masked decoding, the whole edit), and the I/O and
+//! figure helpers used by the command-line tool in `cli`.
+
+pub mod error;
+pub mod models;
+pub mod scheduler;
+
+pub use error::{Error, Result};

@@ -1,0 +1,10 @@
+//! Stable Diffusion components, each built from its own `config.json`.
+
+pub mod clip;
+pub mod config;
+pub mod loading;
+pub mod resnet;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
