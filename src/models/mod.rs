@@ -1,7 +1,9 @@
 //! Stable Diffusion components, each built from its own `config.json`.
 
+pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod hub;
 pub mod loading;
 pub mod resnet;
 pub mod tokenizer;
