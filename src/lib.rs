@@ -5,8 +5,13 @@
 //! functions), `diffedit` (mask, inversion, masked decoding, the whole edit), and the I/O and
 //! figure helpers used by the command-line tool in `cli`.
 
+pub mod diffedit;
 pub mod error;
+pub mod image_io;
 pub mod models;
 pub mod scheduler;
+pub mod trace;
+pub mod viz;
+pub mod cli;
 
 pub use error::{Error, Result};

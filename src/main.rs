@@ -1,4 +1,3 @@
 fn main() {
-    eprintln!("diffedit: the command-line interface is being built");
-    std::process::exit(2);
+    std::process::exit(diffedit::cli::main());
 }

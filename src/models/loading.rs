@@ -1,1 +1,243 @@
-//! (in progress)
+//! Assembling a Stable Diffusion model from its components: a diffusers folder or hub repo for
+//! the whole model, or component by component (as the tutorial takes its UNet from
+//! CompVis/stable-diffusion-v1-4, its VAE from stabilityai/sd-vae-ft-ema and its text encoder
+//! from openai/clip-vit-large-patch14).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::clip::{ClipTextConfig, ClipTextModel};
+use super::config::read_config;
+use super::hub::{Fetcher, ModelSource};
+use super::tokenizer::ClipTokenizer;
+use super::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use super::vae::{AutoencoderKL, AutoencoderKLConfig};
+use super::weights::Weights;
+use crate::error::{Error, Result};
+use crate::scheduler::{DdimSchedule, DdimSchedulerConfig};
+
+/// The tutorial's components.
+pub const DEFAULT_UNET: &str = "CompVis/stable-diffusion-v1-4";
+pub const DEFAULT_VAE: &str = "stabilityai/sd-vae-ft-ema";
+pub const DEFAULT_TEXT_ENCODER: &str = "openai/clip-vit-large-patch14";
+
+/// Which model, and optionally which component from elsewhere. Each field is a local folder or a
+/// hub repo id (`owner/name[@revision]`).
+#[derive(Debug, Clone, Default)]
+pub struct ModelSpec {
+    /// A whole diffusers model; `None` means the tutorial's combination.
+    pub model: Option<String>,
+    pub unet: Option<String>,
+    pub vae: Option<String>,
+    pub text_encoder: Option<String>,
+    /// Defaults to the text encoder's source.
+    pub tokenizer: Option<String>,
+}
+
+/// Where each component was loaded from, for messages and summaries.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentOrigins {
+    pub unet: String,
+    pub vae: String,
+    pub text_encoder: String,
+    pub tokenizer: String,
+    pub scheduler: String,
+}
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub vae: AutoencoderKL,
+    pub unet: UNet2DConditionModel,
+    pub schedule: DdimSchedule,
+    pub device: Device,
+    pub dtype: DType,
+    pub origins: ComponentOrigins,
+}
+
+/// The tutorial's scheduler: DDIMScheduler(beta_start=0.00085, beta_end=0.012,
+/// beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False), steps_offset 0.
+pub fn tutorial_scheduler_config() -> DdimSchedulerConfig {
+    let json = r#"{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "clip_sample": false, "set_alpha_to_one": false, "num_train_timesteps": 1000}"#;
+    serde_json::from_str(json).expect("the built-in scheduler config parses")
+}
+
+/// The subfolder holding a component inside `src`: `name/` when it has `probe` there (a whole
+/// diffusers model), else the root (a repo that holds only this component).
+fn component_subfolder(fetcher: &Fetcher, src: &ModelSource, name: &str, probe: &str) -> Result<String> {
+    if fetcher.get_optional(src, name, probe)?.is_some() {
+        Ok(name.to_string())
+    } else if fetcher.get_optional(src, "", probe)?.is_some() {
+        Ok(String::new())
+    } else {
+        Err(Error::Model(format!(
+            "{}: no {name} found (looked for {name}/{probe} and {probe})",
+            src.describe()
+        )))
+    }
+}
+
+fn origin(src: &ModelSource, sub: &str) -> String {
+    if sub.is_empty() {
+        src.describe()
+    } else {
+        format!("{} ({sub})", src.describe())
+    }
+}
+
+fn open_weights(files: &[PathBuf]) -> Result<Arc<Weights>> {
+    Ok(Arc::new(Weights::open(files)?))
+}
+
+/// Validation failures of a config name the file.
+fn check(path: &Path, v: std::result::Result<(), String>) -> Result<()> {
+    v.map_err(|msg| Error::config(path, msg))
+}
+
+impl StableDiffusion {
+    /// Loads every component, reading each architecture from its `config.json`.
+    pub fn load(spec: &ModelSpec, fetcher: &Fetcher, device: &Device, dtype: DType) -> Result<Self> {
+        let pick = |own: &Option<String>, default: &str| -> Result<ModelSource> {
+            ModelSource::parse(own.as_deref().or(spec.model.as_deref()).unwrap_or(default))
+        };
+        let unet_src = pick(&spec.unet, DEFAULT_UNET)?;
+        let vae_src = pick(&spec.vae, DEFAULT_VAE)?;
+        let text_src = pick(&spec.text_encoder, DEFAULT_TEXT_ENCODER)?;
+        let tok_src = match (&spec.tokenizer, &spec.text_encoder) {
+            (Some(t), _) => ModelSource::parse(t)?,
+            (None, Some(_)) => text_src.clone(),
+            (None, None) => pick(&None, DEFAULT_TEXT_ENCODER)?,
+        };
+
+        // Tokenizer first: it is cheap and its errors are the quickest to report.
+        let tok_sub = component_subfolder(fetcher, &tok_src, "tokenizer", "tokenizer_config.json")
+            .or_else(|_| component_subfolder(fetcher, &tok_src, "tokenizer", "vocab.json"))?;
+        let tok_dir = fetch_tokenizer_files(fetcher, &tok_src, &tok_sub)?;
+        let tokenizer = ClipTokenizer::from_dir(&tok_dir)?;
+
+        let text_sub = component_subfolder(fetcher, &text_src, "text_encoder", "config.json")?;
+        let text_cfg_path = fetcher.get(&text_src, &text_sub, "config.json")?;
+        let text_cfg = ClipTextConfig::from_file(&text_cfg_path)?;
+        let text_weights = open_weights(&fetcher.weight_files(&text_src, &text_sub)?)?;
+        let text_encoder = ClipTextModel::new(text_weights.var_builder(dtype, device), &text_cfg)?;
+
+        let vae_sub = component_subfolder(fetcher, &vae_src, "vae", "config.json")?;
+        let vae_cfg_path = fetcher.get(&vae_src, &vae_sub, "config.json")?;
+        let vae_cfg: AutoencoderKLConfig = read_config(&vae_cfg_path)?;
+        check(&vae_cfg_path, vae_cfg.validate())?;
+        let vae_weights = open_weights(&fetcher.weight_files(&vae_src, &vae_sub)?)?;
+        let vae = AutoencoderKL::new(vae_weights.var_builder(dtype, device), &vae_cfg)?;
+
+        let unet_sub = component_subfolder(fetcher, &unet_src, "unet", "config.json")?;
+        let unet_cfg_path = fetcher.get(&unet_src, &unet_sub, "config.json")?;
+        let unet_cfg: UNet2DConditionConfig = read_config(&unet_cfg_path)?;
+        check(&unet_cfg_path, unet_cfg.validate())?;
+        let unet_weights = open_weights(&fetcher.weight_files(&unet_src, &unet_sub)?)?;
+        let unet = UNet2DConditionModel::new(unet_weights.var_builder(dtype, device), &unet_cfg)?;
+
+        // A whole model brings its scheduler config (read as diffusers' DDIMScheduler.from_pretrained
+        // would); the tutorial's combination uses the tutorial's explicit DDIM settings.
+        let (schedule, scheduler_origin) = match &spec.model {
+            Some(m) => {
+                let src = ModelSource::parse(m)?;
+                match fetcher.get_optional(&src, "scheduler", "scheduler_config.json")? {
+                    Some(path) => (DdimSchedule::from_file(&path)?, origin(&src, "scheduler")),
+                    None => (DdimSchedule::new(tutorial_scheduler_config())?, "tutorial DDIM settings".to_string()),
+                }
+            }
+            None => (DdimSchedule::new(tutorial_scheduler_config())?, "tutorial DDIM settings".to_string()),
+        };
+
+        if text_cfg.hidden_size != cross_attention_width(&unet_cfg) {
+            return Err(Error::Model(format!(
+                "the text encoder ({}) has hidden size {} but the UNet ({}) expects cross_attention_dim {}",
+                origin(&text_src, &text_sub),
+                text_cfg.hidden_size,
+                origin(&unet_src, &unet_sub),
+                cross_attention_width(&unet_cfg)
+            )));
+        }
+        if vae_cfg.latent_channels != unet_cfg.in_channels {
+            return Err(Error::Model(format!(
+                "the VAE ({}) has {} latent channels but the UNet ({}) takes {}",
+                origin(&vae_src, &vae_sub),
+                vae_cfg.latent_channels,
+                origin(&unet_src, &unet_sub),
+                unet_cfg.in_channels
+            )));
+        }
+
+        let origins = ComponentOrigins {
+            unet: origin(&unet_src, &unet_sub),
+            vae: origin(&vae_src, &vae_sub),
+            text_encoder: origin(&text_src, &text_sub),
+            tokenizer: origin(&tok_src, &tok_sub),
+            scheduler: scheduler_origin,
+        };
+        Ok(Self { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, origins })
+    }
+
+    /// Pixels per latent cell.
+    pub fn vae_factor(&self) -> usize {
+        self.vae.config.downscale_factor()
+    }
+
+    /// The picture size the UNet was trained at (512 for SD 1.x, 768 for SD 2.x-v).
+    pub fn native_size(&self) -> usize {
+        self.unet.config.sample_size * self.vae_factor()
+    }
+
+    /// The factor by which the UNet downsamples its latents.
+    pub fn unet_factor(&self) -> usize {
+        1 << (self.unet.config.block_out_channels.len() - 1)
+    }
+
+    /// The text encoder's last hidden state for one prompt, [1, 77, D]. A prompt longer than the
+    /// tokenizer's limit is truncated (`TokenizedPrompt::truncated` tells).
+    pub fn encode_prompt(&self, prompt: &str) -> Result<(Tensor, super::tokenizer::TokenizedPrompt)> {
+        let tokens = self.tokenizer.encode(prompt);
+        let ids = Tensor::new(tokens.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let emb = self.text_encoder.forward(&ids)?;
+        Ok((emb, tokens))
+    }
+}
+
+/// The width of the text embeddings the UNet attends to.
+fn cross_attention_width(cfg: &UNet2DConditionConfig) -> usize {
+    match &cfg.cross_attention_dim {
+        super::config::PerBlock::One(v) => *v,
+        super::config::PerBlock::Each(v) => v.first().copied().unwrap_or(0),
+    }
+}
+
+/// Fetches the tokenizer files of `src/sub` that exist and returns the folder holding them.
+fn fetch_tokenizer_files(fetcher: &Fetcher, src: &ModelSource, sub: &str) -> Result<PathBuf> {
+    let mut dir = None;
+    let mut have_vocab = true;
+    for name in ["tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"] {
+        match fetcher.get_optional(src, sub, name)? {
+            Some(p) => dir = p.parent().map(Path::to_path_buf),
+            None if name == "vocab.json" || name == "merges.txt" => have_vocab = false,
+            None => {}
+        }
+    }
+    if !have_vocab {
+        if let Some(p) = fetcher.get_optional(src, sub, "tokenizer.json")? {
+            dir = p.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| {
+        Error::Model(format!("{}: no tokenizer files in {}", src.describe(), if sub.is_empty() { "the root" } else { sub }))
+    })
+}
+
+impl crate::diffedit::Denoiser for StableDiffusion {
+    fn predict(&self, x: &Tensor, t: i64, emb: &Tensor) -> candle_core::Result<Tensor> {
+        let b = x.dim(0)?;
+        let emb = if emb.dim(0)? == 1 && b > 1 { emb.repeat((b, 1, 1))? } else { emb.clone() };
+        self.unet.forward(x, t as f64, &emb)
+    }
+}

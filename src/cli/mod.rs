@@ -1,0 +1,148 @@
+//! The `diffedit` command line: argument parsing, then one call into the library per command.
+
+mod edit;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::diffedit::{Progress, Silent};
+use crate::error::{Error, Result};
+use crate::models::hub::Fetcher;
+use crate::models::loading::{ModelSpec, StableDiffusion};
+
+#[derive(Parser, Debug)]
+#[command(name = "diffedit", version, about = "DiffEdit: edit a picture with two prompts, no mask to draw")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Edit a picture: find where SOURCE and TARGET disagree and repaint only there.
+    Edit(edit::EditArgs),
+}
+
+/// Which model to run, and where.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Whole model: a diffusers folder or a Hugging Face repo id (default: the tutorial's
+    /// combination of CompVis/stable-diffusion-v1-4, stabilityai/sd-vae-ft-ema and
+    /// openai/clip-vit-large-patch14).
+    #[arg(long, value_name = "ID|DIR")]
+    pub model: Option<String>,
+    /// UNet from another folder or repo.
+    #[arg(long, value_name = "ID|DIR")]
+    pub unet: Option<String>,
+    /// VAE from another folder or repo.
+    #[arg(long, value_name = "ID|DIR")]
+    pub vae: Option<String>,
+    /// Text encoder (and, unless --tokenizer, tokenizer) from another folder or repo.
+    #[arg(long, value_name = "ID|DIR")]
+    pub text_encoder: Option<String>,
+    /// Tokenizer from another folder or repo.
+    #[arg(long, value_name = "ID|DIR")]
+    pub tokenizer: Option<String>,
+    /// cpu, cuda (build with --features cuda) or metal (--features metal).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, f16 or bf16 (default: f32 on CPU, f16 on GPUs).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Never use the network; only local folders and the Hugging Face cache.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl ModelArgs {
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            model: self.model.clone(),
+            unet: self.unet.clone(),
+            vae: self.vae.clone(),
+            text_encoder: self.text_encoder.clone(),
+            tokenizer: self.tokenizer.clone(),
+        }
+    }
+
+    pub fn device(&self) -> Result<(candle_core::Device, candle_core::DType)> {
+        use candle_core::{DType, Device};
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::new_cuda(0).map_err(|e| Error::invalid(format!("--device cuda: {e}")))?,
+            "metal" => Device::new_metal(0).map_err(|e| Error::invalid(format!("--device metal: {e}")))?,
+            other => return Err(Error::invalid(format!("--device must be cpu, cuda or metal, got `{other}`"))),
+        };
+        let dtype = match self.dtype.as_deref() {
+            None if device.is_cpu() => DType::F32,
+            None => DType::F16,
+            Some("f32") => DType::F32,
+            Some("f16") => DType::F16,
+            Some("bf16") => DType::BF16,
+            Some(other) => return Err(Error::invalid(format!("--dtype must be f32, f16 or bf16, got `{other}`"))),
+        };
+        Ok((device, dtype))
+    }
+
+    pub fn load(&self, quiet: bool) -> Result<StableDiffusion> {
+        let (device, dtype) = self.device()?;
+        let mut fetcher = Fetcher::from_env().with_progress(!quiet);
+        if self.offline {
+            fetcher = fetcher.with_offline(true);
+        }
+        StableDiffusion::load(&self.spec(), &fetcher, &device, dtype)
+    }
+}
+
+/// Output options every command shares.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// No progress bars or messages.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    pub fn progress(&self) -> Box<dyn Progress> {
+        if self.quiet || self.json && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Box::new(Silent)
+        } else {
+            Box::new(progress::Bars::default())
+        }
+    }
+
+    pub fn say(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Edit(args) => edit::run(&args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+pub(crate) fn path_str(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+pub(crate) fn default_out(input: &std::path::Path, suffix: &str) -> PathBuf {
+    let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    input.with_file_name(format!("{stem}_{suffix}.png"))
+}
