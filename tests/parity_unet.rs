@@ -81,19 +81,43 @@ fn tiny_sd2_matches_diffusers_f32() {
     check_f32("tiny-sd2");
 }
 
-/// Half precision on candle's CPU backend, against the f32 PyTorch output.
-#[test]
-fn tiny_sd2_f16_close_to_diffusers_f32() {
-    let unet = load_unet("tiny-sd2", DType::F16);
-    for case in cases("tiny-sd2") {
+fn check_f16(model: &str, upcast_attention: bool) {
+    let dir = common::tiny_model(model).join("unet");
+    let mut config: UNet2DConditionConfig = read_config(&dir.join("config.json")).unwrap();
+    config.upcast_attention = upcast_attention;
+    let weights = Weights::open(&[dir.join("diffusion_pytorch_model.safetensors")]).unwrap();
+    let vb = Arc::new(weights).var_builder(DType::F16, &Device::Cpu);
+    let unet = UNet2DConditionModel::new(vb, &config).unwrap();
+    for case in cases(model) {
         let sample = case.sample.to_dtype(DType::F16).unwrap();
         let context = case.context.to_dtype(DType::F16).unwrap();
         let out = unet.forward(&sample, case.timestep, &context).unwrap();
         assert_eq!(out.dtype(), DType::F16);
         let out = out.to_dtype(DType::F32).unwrap();
-        let label = format!("tiny-sd2 f16 {} t={}", case.name, case.timestep);
+        let label = format!(
+            "{model} f16 (upcast {upcast_attention}) {} t={}",
+            case.name, case.timestep
+        );
         common::assert_close(&label, &out, &case.expected, 5e-3);
     }
+}
+
+/// Half precision on candle's CPU backend, against the f32 PyTorch output.
+#[test]
+fn tiny_sd_f16_close_to_diffusers_f32() {
+    check_f16("tiny-sd", false);
+}
+
+#[test]
+fn tiny_sd2_f16_close_to_diffusers_f32() {
+    check_f16("tiny-sd2", false);
+}
+
+/// `upcast_attention` only changes the precision of the scores, not the maths: in f16 the
+/// output must still match the f32 reference.
+#[test]
+fn tiny_sd2_f16_upcast_attention_close_to_diffusers_f32() {
+    check_f16("tiny-sd2", true);
 }
 
 /// A text batch of 1 is used for every sample of the batch.
