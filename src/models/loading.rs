@@ -185,9 +185,10 @@ impl StableDiffusion {
         self.vae.config.downscale_factor()
     }
 
-    /// The picture size the UNet was trained at (512 for SD 1.x, 768 for SD 2.x-v).
+    /// The picture's long side the UNet was trained at (512 for SD 1.x, 768 for SD 2.x-v).
     pub fn native_size(&self) -> usize {
-        self.unet.config.sample_size * self.vae_factor()
+        let (h, w) = self.unet.config.default_latent_size().unwrap_or((64, 64));
+        h.max(w) * self.vae_factor()
     }
 
     /// The factor by which the UNet downsamples its latents.
