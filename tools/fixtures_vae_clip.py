@@ -7,7 +7,7 @@ the CPU:
 - the VAE: `encode` of a deterministic non-square image batch in [-1, 1] (mean, logvar, std of the
   latent distribution) and `decode` of a deterministic non-square latent batch;
 - the CLIP text encoder: the last hidden state for three prompts tokenized by the model's own
-  tokenizer (padded to 77 tokens, long prompt truncated), ids stored alongside.
+  tokenizer (padded to 77 tokens; the long prompt, over 77 tokens, truncated), ids stored alongside.
 
 Outputs: tests/fixtures/parity/vae_<model>.safetensors and clip_<model>.safetensors.
 
@@ -35,7 +35,8 @@ PROMPTS = [
     "",
     "a highly detailed oil painting of a majestic bowl of fruit on a wooden table next to an open "
     "window, soft morning light, dust in the air, a sleeping tabby cat, a vase of sunflowers, "
-    "a half-eaten loaf of bread and a glass of red wine, in the style of the Dutch golden age masters",
+    "a half-eaten loaf of bread and a glass of red wine, in the style of the Dutch golden age masters, "
+    "rich warm colours, dramatic chiaroscuro, fine brush strokes, museum quality, 8k",
 ]
 
 

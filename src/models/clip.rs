@@ -141,7 +141,9 @@ impl ClipTextConfig {
     /// Checks that the config describes what is implemented here; the message names the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
         Activation::parse(&self.hidden_act)?;
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "key `num_attention_heads`: {} does not divide `hidden_size` = {}",
                 self.num_attention_heads, self.hidden_size
