@@ -567,9 +567,9 @@ impl ClipTokenizer {
             }
         }
         let n = syms.len();
-        for i in 0..n {
-            syms[i].prev = i.checked_sub(1);
-            syms[i].next = (i + 1 < n).then_some(i + 1);
+        for (i, sym) in syms.iter_mut().enumerate() {
+            sym.prev = i.checked_sub(1);
+            sym.next = (i + 1 < n).then_some(i + 1);
         }
         // Min-heap on (rank, position); entries are checked against the current symbols when
         // popped, so stale ones left behind by earlier merges are skipped.
