@@ -53,6 +53,7 @@ struct AddedToken {
     normalized: bool,
 }
 
+/// CLIP's tokenizer, loaded from a diffusers `tokenizer/` folder.
 #[derive(Debug, Clone)]
 pub struct ClipTokenizer {
     vocab: HashMap<String, u32>,
@@ -191,6 +192,8 @@ struct Model {
     added: Vec<AddedToken>,
     /// The file the merges came from, for errors.
     merges_path: PathBuf,
+    /// The file the vocabulary came from, for errors.
+    vocab_path: PathBuf,
 }
 
 fn load_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Model> {
@@ -221,6 +224,7 @@ fn load_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Model> {
         merges,
         added: Vec::new(),
         merges_path: merges_path.to_owned(),
+        vocab_path: vocab_path.to_owned(),
     })
 }
 
@@ -318,6 +322,7 @@ fn load_tokenizer_json(path: &Path) -> Result<Model> {
         merges,
         added,
         merges_path: path.to_owned(),
+        vocab_path: path.to_owned(),
     })
 }
 
@@ -358,6 +363,7 @@ impl ClipTokenizer {
             merges: merge_list,
             mut added,
             merges_path,
+            vocab_path,
         } = model;
         for t in &added {
             vocab.entry(t.content.clone()).or_insert(t.id);
@@ -383,7 +389,7 @@ impl ClipTokenizer {
                     .source
                     .get(key)
                     .cloned()
-                    .unwrap_or_else(|| merges_path.clone());
+                    .unwrap_or_else(|| vocab_path.clone());
                 return Err(Error::config(
                     file,
                     format!("key `{key}`: {content:?} is not in the vocabulary"),
