@@ -46,7 +46,10 @@ impl<T: Copy> PerBlock<T> {
         match self {
             PerBlock::One(v) => Ok(*v),
             PerBlock::Each(vs) if vs.len() == n => Ok(vs[i]),
-            PerBlock::Each(vs) => Err(format!("`{key}` has {} entries, expected one per block ({n})", vs.len())),
+            PerBlock::Each(vs) => Err(format!(
+                "`{key}` has {} entries, expected one per block ({n})",
+                vs.len()
+            )),
         }
     }
 }

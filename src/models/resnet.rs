@@ -30,7 +30,10 @@ pub struct ResnetConfig {
 
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
-        let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
+        let conv3 = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
         let norm1 = candle_nn::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
         let conv1 = candle_nn::conv2d(cfg.in_channels, cfg.out_channels, 3, conv3, vb.pp("conv1"))?;
         let time_emb_proj = cfg
@@ -38,11 +41,28 @@ impl ResnetBlock2D {
             .map(|t| candle_nn::linear(t, cfg.out_channels, vb.pp("time_emb_proj")))
             .transpose()?;
         let norm2 = candle_nn::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
-        let conv2 = candle_nn::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
+        let conv2 =
+            candle_nn::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
         let conv_shortcut = (cfg.in_channels != cfg.out_channels)
-            .then(|| candle_nn::conv2d(cfg.in_channels, cfg.out_channels, 1, Default::default(), vb.pp("conv_shortcut")))
+            .then(|| {
+                candle_nn::conv2d(
+                    cfg.in_channels,
+                    cfg.out_channels,
+                    1,
+                    Default::default(),
+                    vb.pp("conv_shortcut"),
+                )
+            })
             .transpose()?;
-        Ok(Self { norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut, output_scale_factor: cfg.output_scale_factor })
+        Ok(Self {
+            norm1,
+            conv1,
+            time_emb_proj,
+            norm2,
+            conv2,
+            conv_shortcut,
+            output_scale_factor: cfg.output_scale_factor,
+        })
     }
 
     /// `temb` is the (not yet activated) time embedding `[B, temb_channels]`, or `None`.
@@ -77,8 +97,17 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, padding: usize) -> Result<Self> {
-        let cfg = Conv2dConfig { padding, stride: 2, ..Default::default() };
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding,
+            stride: 2,
+            ..Default::default()
+        };
         let conv = candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self { conv, padding })
     }
@@ -102,7 +131,10 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
-        let cfg = Conv2dConfig { padding: 1, ..Default::default() };
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
         let conv = candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self { conv })
     }
