@@ -600,6 +600,12 @@ fn serve(
             } else {
                 not_found("EntryNotFound")
             }
+        } else if path.starts_with("/test-org/gated/") {
+            (
+                401,
+                vec![("X-Error-Code".to_string(), "GatedRepo".to_string())],
+                Vec::new(),
+            )
         } else {
             // huggingface.co answers 401 for repos it does not know (or may not show).
             (
@@ -882,6 +888,10 @@ fn download_errors() {
             "test-org/nope: repository not found on {} (HTTP 401); check the name, or for a private or gated repo set HF_TOKEN or run `huggingface-cli login`",
             server.base
         )
+    );
+    assert_eq!(
+        err_string(f.get(&hub("test-org/gated"), "unet", "config.json")),
+        "test-org/gated: the repository is gated (HTTP 401); accept its terms on the hub, then set HF_TOKEN or run `huggingface-cli login`"
     );
     let branch = ModelSource::Hub {
         repo: "test-org/pickles".into(),

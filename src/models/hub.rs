@@ -523,6 +523,9 @@ impl Fetcher {
         let repo = src.describe();
         let error_code = response.header("X-Error-Code").unwrap_or_default();
         match (code, error_code) {
+            (401 | 403, "GatedRepo") => Err(Error::Model(format!(
+                "{repo}: the repository is gated (HTTP {code}); accept its terms on the hub, then set HF_TOKEN or run `huggingface-cli login`"
+            ))),
             (401, _) | (404, "RepoNotFound") => Err(Error::Model(format!(
                 "{repo}: repository not found on {} (HTTP {code}); check the name, or for a private or gated repo set HF_TOKEN or run `huggingface-cli login`",
                 self.endpoint
