@@ -48,7 +48,7 @@ impl Weights {
             let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
                 .map_err(|e| Error::io(path, e))?;
             let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap[..])
-                .map_err(|e| Error::weights(path, format!("not a valid safetensors file: {e}")))?;
+                .map_err(|e| invalid_file(path, &mmap, e))?;
             let data_start = 8 + header_len;
             for (name, info) in metadata.tensors() {
                 let dtype = match info.dtype {
@@ -182,6 +182,28 @@ impl Weights {
     pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(Backend(self.clone())), dtype, device.clone())
     }
+}
+
+/// Says what is wrong with a file safetensors refuses, in the terms of the usual causes.
+fn invalid_file(path: &Path, bytes: &[u8], err: safetensors::SafeTensorError) -> Error {
+    use safetensors::SafeTensorError as E;
+    // A repo cloned without git-lfs leaves small text pointers in place of the weights.
+    if bytes.starts_with(b"version https://git-lfs") {
+        return Error::weights(
+            path,
+            "is a Git LFS pointer, not the weights (run `git lfs pull` in the model folder, or download it again)",
+        );
+    }
+    let why = match err {
+        E::HeaderTooSmall | E::InvalidHeaderLength => {
+            format!("file too short for its header ({} bytes; truncated?)", bytes.len())
+        }
+        E::MetadataIncompleteBuffer => {
+            "its size does not match the tensors its header lists (truncated or incomplete download?)".to_string()
+        }
+        other => other.to_string(),
+    };
+    Error::weights(path, format!("not a valid safetensors file: {why}"))
 }
 
 struct Backend(Arc<Weights>);
