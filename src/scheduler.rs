@@ -118,13 +118,7 @@ fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
     (0..n)
-        .map(|i| {
-            if i < half {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((n - 1 - i) as f32, end)
-            }
-        })
+        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((n - 1 - i) as f32, end) })
         .collect()
 }
 
@@ -141,11 +135,7 @@ fn cumprod_f32(xs: &[f32]) -> Vec<f32> {
 
 /// diffusers' `betas_for_alpha_bar` with the cosine schedule, computed in double like Python.
 fn squaredcos_cap_v2(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| {
-        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
-            .cos()
-            .powi(2)
-    };
+    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
     (0..n)
         .map(|i| {
             let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
@@ -173,11 +163,7 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 
 fn one_of(key: &str, value: &str, allowed: &[&str]) -> std::result::Result<usize, String> {
     allowed.iter().position(|a| *a == value).ok_or_else(|| {
-        let list = allowed
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
         format!("key `{key}`: \"{value}\" is not supported (expected one of {list})")
     })
 }
@@ -204,41 +190,23 @@ impl DdimSchedule {
             return Err("key `num_train_timesteps`: must be at least 1".into());
         }
         if config.steps_offset < 0 {
-            return Err(format!(
-                "key `steps_offset`: {} is negative",
-                config.steps_offset
-            ));
+            return Err(format!("key `steps_offset`: {} is negative", config.steps_offset));
         }
         if config.clip_sample_range.is_nan() || config.clip_sample_range <= 0.0 {
-            return Err(format!(
-                "key `clip_sample_range`: {} must be positive",
-                config.clip_sample_range
-            ));
+            return Err(format!("key `clip_sample_range`: {} must be positive", config.clip_sample_range));
         }
-        let prediction = [Prediction::Epsilon, Prediction::V, Prediction::Sample][one_of(
-            "prediction_type",
-            &config.prediction_type,
-            &["epsilon", "v_prediction", "sample"],
-        )?];
-        let spacing = [Spacing::Leading, Spacing::Trailing, Spacing::Linspace][one_of(
-            "timestep_spacing",
-            &config.timestep_spacing,
-            &["leading", "trailing", "linspace"],
-        )?];
+        let prediction = [Prediction::Epsilon, Prediction::V, Prediction::Sample]
+            [one_of("prediction_type", &config.prediction_type, &["epsilon", "v_prediction", "sample"])?];
+        let spacing = [Spacing::Leading, Spacing::Trailing, Spacing::Linspace]
+            [one_of("timestep_spacing", &config.timestep_spacing, &["leading", "trailing", "linspace"])?];
         let mut betas = match &config.trained_betas {
             Some(b) if b.len() != t => {
-                return Err(format!(
-                    "key `trained_betas`: {} values, but num_train_timesteps is {t}",
-                    b.len()
-                ))
+                return Err(format!("key `trained_betas`: {} values, but num_train_timesteps is {t}", b.len()))
             }
             Some(b) => b.iter().map(|&x| x as f32).collect(),
             None => {
-                match one_of(
-                    "beta_schedule",
-                    &config.beta_schedule,
-                    &["linear", "scaled_linear", "squaredcos_cap_v2"],
-                )? {
+                match one_of("beta_schedule", &config.beta_schedule, &["linear", "scaled_linear", "squaredcos_cap_v2"])?
+                {
                     0 => linspace_f32(config.beta_start, config.beta_end, t),
                     1 => linspace_f32(config.beta_start.sqrt(), config.beta_end.sqrt(), t)
                         .into_iter()
@@ -256,18 +224,8 @@ impl DdimSchedule {
         }
         let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
         let alphas_cumprod = cumprod_f32(&alphas);
-        let final_alpha_cumprod = if config.set_alpha_to_one {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
-        Ok(Self {
-            config,
-            alphas_cumprod,
-            final_alpha_cumprod,
-            prediction,
-            spacing,
-        })
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        Ok(Self { config, alphas_cumprod, final_alpha_cumprod, prediction, spacing })
     }
 
     /// The timesteps of an `steps`-step run, descending, as diffusers' `set_timesteps`.
@@ -281,10 +239,7 @@ impl DdimSchedule {
         let ts: Vec<i64> = match self.spacing {
             Spacing::Leading => {
                 let ratio = (t / steps) as i64;
-                (0..steps as i64)
-                    .rev()
-                    .map(|i| i * ratio + self.config.steps_offset)
-                    .collect()
+                (0..steps as i64).rev().map(|i| i * ratio + self.config.steps_offset).collect()
             }
             Spacing::Trailing => {
                 // numpy's arange(T, 0, -T/steps): its length is ceil(T / step), and element i is
@@ -305,20 +260,10 @@ impl DdimSchedule {
             Spacing::Linspace => {
                 // numpy's linspace(0, T - 1, steps): i * step with the last value set to T - 1.
                 let last = (t - 1) as f64;
-                let step = if steps > 1 {
-                    last / (steps - 1) as f64
-                } else {
-                    0.0
-                };
+                let step = if steps > 1 { last / (steps - 1) as f64 } else { 0.0 };
                 (0..steps)
                     .rev()
-                    .map(|i| {
-                        if i + 1 == steps && steps > 1 {
-                            last
-                        } else {
-                            i as f64 * step
-                        }
-                    })
+                    .map(|i| if i + 1 == steps && steps > 1 { last } else { i as f64 * step })
                     .map(|v| v.round_ties_even() as i64)
                     .collect()
             }
@@ -371,18 +316,9 @@ fn x0_and_eps(
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let (sa, sb) = (alpha.sqrt(), (1.0 - alpha).sqrt());
     Ok(match s.prediction {
-        Prediction::Epsilon => (
-            lin2(1.0 / sa, sample, -sb / sa, model_output)?,
-            model_output.clone(),
-        ),
-        Prediction::V => (
-            lin2(sa, sample, -sb, model_output)?,
-            lin2(sa, model_output, sb, sample)?,
-        ),
-        Prediction::Sample => (
-            model_output.clone(),
-            lin2(1.0 / sb, sample, -sa / sb, model_output)?,
-        ),
+        Prediction::Epsilon => (lin2(1.0 / sa, sample, -sb / sa, model_output)?, model_output.clone()),
+        Prediction::V => (lin2(sa, sample, -sb, model_output)?, lin2(sa, model_output, sb, sample)?),
+        Prediction::Sample => (model_output.clone(), lin2(1.0 / sb, sample, -sa / sb, model_output)?),
     })
 }
 
@@ -406,25 +342,14 @@ pub fn ddim_step(
 }
 
 /// The forward process: `sqrt(a_t) * original + sqrt(1 - a_t) * noise`.
-pub fn add_noise(
-    s: &DdimSchedule,
-    original: &Tensor,
-    noise: &Tensor,
-    t: i64,
-) -> candle_core::Result<Tensor> {
+pub fn add_noise(s: &DdimSchedule, original: &Tensor, noise: &Tensor, t: i64) -> candle_core::Result<Tensor> {
     let a = s.checked_alpha(t, false, "noise")?;
     lin2(a.sqrt(), original, (1.0 - a).sqrt(), noise)
 }
 
 /// DDIM inversion from level `t` up to `t_next` (`t < 0`: the final alpha):
 /// `x_next = sqrt(a_next) * (x - sqrt(1 - a_t) * eps) / sqrt(a_t) + sqrt(1 - a_next) * eps`.
-pub fn inversion_step(
-    s: &DdimSchedule,
-    eps: &Tensor,
-    t: i64,
-    t_next: i64,
-    x: &Tensor,
-) -> candle_core::Result<Tensor> {
+pub fn inversion_step(s: &DdimSchedule, eps: &Tensor, t: i64, t_next: i64, x: &Tensor) -> candle_core::Result<Tensor> {
     let a_t = s.checked_alpha(t, true, "current")?;
     let a_next = s.checked_alpha(t_next, false, "next")?;
     let x0 = lin2(1.0 / a_t.sqrt(), x, -(1.0 - a_t).sqrt() / a_t.sqrt(), eps)?;
@@ -434,12 +359,7 @@ pub fn inversion_step(
 /// The noise prediction a model output stands for: itself for "epsilon",
 /// `sqrt(a) * v + sqrt(1 - a) * x` for "v_prediction", `(x - sqrt(a) * x0) / sqrt(1 - a)` for
 /// "sample".
-pub fn to_epsilon(
-    s: &DdimSchedule,
-    model_output: &Tensor,
-    t: i64,
-    sample: &Tensor,
-) -> candle_core::Result<Tensor> {
+pub fn to_epsilon(s: &DdimSchedule, model_output: &Tensor, t: i64, sample: &Tensor) -> candle_core::Result<Tensor> {
     let a = s.checked_alpha(t, false, "current")?;
     Ok(x0_and_eps(s, model_output, a, sample)?.1)
 }

@@ -23,10 +23,7 @@ fn tiny_sd() -> PathBuf {
 }
 
 fn hub(repo: &str) -> ModelSource {
-    ModelSource::Hub {
-        repo: repo.to_string(),
-        revision: "main".to_string(),
-    }
+    ModelSource::Hub { repo: repo.to_string(), revision: "main".to_string() }
 }
 
 /// A fetcher that cannot reach anything real: explicit cache, unreachable endpoint.
@@ -77,48 +74,25 @@ fn touch(path: &Path, text: &str) {
 #[test]
 fn parse_specs() {
     let dir = tiny_sd();
-    assert_eq!(
-        ModelSource::parse(dir.to_str().unwrap()).unwrap(),
-        ModelSource::Dir(dir.clone())
-    );
-    assert_eq!(
-        ModelSource::parse("CompVis/stable-diffusion-v1-4").unwrap(),
-        hub("CompVis/stable-diffusion-v1-4")
-    );
+    assert_eq!(ModelSource::parse(dir.to_str().unwrap()).unwrap(), ModelSource::Dir(dir.clone()));
+    assert_eq!(ModelSource::parse("CompVis/stable-diffusion-v1-4").unwrap(), hub("CompVis/stable-diffusion-v1-4"));
     assert_eq!(
         ModelSource::parse("stabilityai/stable-diffusion-2-1-base@refs/pr/5").unwrap(),
-        ModelSource::Hub {
-            repo: "stabilityai/stable-diffusion-2-1-base".into(),
-            revision: "refs/pr/5".into()
-        }
+        ModelSource::Hub { repo: "stabilityai/stable-diffusion-2-1-base".into(), revision: "refs/pr/5".into() }
     );
     assert_eq!(
-        ModelSource::parse("CompVis/stable-diffusion-v1-4")
-            .unwrap()
-            .describe(),
+        ModelSource::parse("CompVis/stable-diffusion-v1-4").unwrap().describe(),
         "CompVis/stable-diffusion-v1-4"
     );
-    assert_eq!(
-        ModelSource::parse("a/b@v1.0").unwrap().describe(),
-        "a/b@v1.0"
-    );
-    assert_eq!(
-        ModelSource::Dir(dir.clone()).describe(),
-        dir.display().to_string()
-    );
+    assert_eq!(ModelSource::parse("a/b@v1.0").unwrap().describe(), "a/b@v1.0");
+    assert_eq!(ModelSource::Dir(dir.clone()).describe(), dir.display().to_string());
 
     // Tests run in the crate root, where `tests/` is a folder: `tests/nothing` is a path.
     assert_eq!(
         err_string(ModelSource::parse("tests/nothing")),
         "tests/nothing: folder does not exist (read as a path because `tests` is a local folder, not as a Hugging Face repo id)"
     );
-    for spec in [
-        "no/such/folder",
-        "./missing",
-        "bad--name/x",
-        "owner/name@",
-        "owner/name@../../etc",
-    ] {
+    for spec in ["no/such/folder", "./missing", "bad--name/x", "owner/name@", "owner/name@../../etc"] {
         assert_eq!(
             err_string(ModelSource::parse(spec)),
             format!(
@@ -147,14 +121,8 @@ fn dir_source_finds_files() {
     // Offline and with an unusable endpoint: a folder never touches either.
     let f = fetcher(tmp.path(), "http://127.0.0.1:9").with_offline(true);
 
-    assert_eq!(
-        f.get(&src, "unet", "config.json").unwrap(),
-        dir.join("unet/config.json")
-    );
-    assert_eq!(
-        f.get(&src, "", "model_index.json").unwrap(),
-        dir.join("model_index.json")
-    );
+    assert_eq!(f.get(&src, "unet", "config.json").unwrap(), dir.join("unet/config.json"));
+    assert_eq!(f.get(&src, "", "model_index.json").unwrap(), dir.join("model_index.json"));
     assert_eq!(f.get_optional(&src, "unet", "nope.json").unwrap(), None);
     assert_eq!(
         err_string(f.get(&src, "unet", "nope.json")),
@@ -164,14 +132,8 @@ fn dir_source_finds_files() {
         err_string(f.get(&src, "unet", "../../secret")),
         "`unet/../../secret`: not a relative file path inside a model"
     );
-    assert_eq!(
-        f.weight_files(&src, "unet").unwrap(),
-        vec![dir.join("unet/diffusion_pytorch_model.safetensors")]
-    );
-    assert_eq!(
-        f.weight_files(&src, "text_encoder").unwrap(),
-        vec![dir.join("text_encoder/model.safetensors")]
-    );
+    assert_eq!(f.weight_files(&src, "unet").unwrap(), vec![dir.join("unet/diffusion_pytorch_model.safetensors")]);
+    assert_eq!(f.weight_files(&src, "text_encoder").unwrap(), vec![dir.join("text_encoder/model.safetensors")]);
     assert_eq!(
         err_string(f.weight_files(&src, "tokenizer")),
         format!(
@@ -190,14 +152,8 @@ fn sharded_fp16_and_pickle_resolution() {
 
     // Sharded: the index's weight_map names two shards (one twice); shards come back sorted.
     let unet = root.join("unet");
-    write_safetensors(
-        &unet.join("diffusion_pytorch_model-00002-of-00002.safetensors"),
-        &[("b", &[3])],
-    );
-    write_safetensors(
-        &unet.join("diffusion_pytorch_model-00001-of-00002.safetensors"),
-        &[("a", &[2]), ("c", &[1])],
-    );
+    write_safetensors(&unet.join("diffusion_pytorch_model-00002-of-00002.safetensors"), &[("b", &[3])]);
+    write_safetensors(&unet.join("diffusion_pytorch_model-00001-of-00002.safetensors"), &[("a", &[2]), ("c", &[1])]);
     touch(
         &unet.join("diffusion_pytorch_model.safetensors.index.json"),
         r#"{"metadata": {"total_size": 24}, "weight_map": {
@@ -228,10 +184,7 @@ fn sharded_fp16_and_pickle_resolution() {
         )
     );
     // A malformed index names the file and the key.
-    touch(
-        &unet.join("diffusion_pytorch_model.safetensors.index.json"),
-        r#"{"weight_map": {"a": 3}}"#,
-    );
+    touch(&unet.join("diffusion_pytorch_model.safetensors.index.json"), r#"{"weight_map": {"a": 3}}"#);
     assert_eq!(
         err_string(f.weight_files(&src, "unet")),
         format!(
@@ -243,16 +196,10 @@ fn sharded_fp16_and_pickle_resolution() {
     // fp16 variant only (transformers stem).
     let te = root.join("text_encoder");
     write_safetensors(&te.join("model.fp16.safetensors"), &[("x", &[1])]);
-    assert_eq!(
-        f.weight_files(&src, "text_encoder").unwrap(),
-        vec![te.join("model.fp16.safetensors")]
-    );
+    assert_eq!(f.weight_files(&src, "text_encoder").unwrap(), vec![te.join("model.fp16.safetensors")]);
     // The full-precision file wins when both are there.
     write_safetensors(&te.join("model.safetensors"), &[("x", &[1])]);
-    assert_eq!(
-        f.weight_files(&src, "text_encoder").unwrap(),
-        vec![te.join("model.safetensors")]
-    );
+    assert_eq!(f.weight_files(&src, "text_encoder").unwrap(), vec![te.join("model.safetensors")]);
 
     // PyTorch pickles only.
     touch(&root.join("vae/diffusion_pytorch_model.bin"), "pickle");
@@ -264,8 +211,7 @@ fn sharded_fp16_and_pickle_resolution() {
         )
     );
     touch(&root.join("safety/pytorch_model.bin"), "pickle");
-    assert!(err_string(f.weight_files(&src, "safety"))
-        .contains("only PyTorch weights found (pytorch_model.bin)"));
+    assert!(err_string(f.weight_files(&src, "safety")).contains("only PyTorch weights found (pytorch_model.bin)"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,9 +239,7 @@ fn cache_file(cache: &Path, repo: &str, commit: &str, rel: &str, bytes: &[u8]) {
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    })
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
 #[test]
@@ -306,53 +250,17 @@ fn cache_is_used_offline() {
     let repo_dir = cache.join("models--owner--tiny");
     let config = std::fs::read(tiny_sd().join("unet/config.json")).unwrap();
     cache_file(&cache, repo, COMMIT, "unet/config.json", &config);
-    cache_file(
-        &cache,
-        repo,
-        COMMIT,
-        "unet/diffusion_pytorch_model.safetensors",
-        b"unet weights",
-    );
-    cache_file(
-        &cache,
-        repo,
-        COMMIT,
-        "text_encoder/model.fp16.safetensors",
-        b"fp16 weights",
-    );
+    cache_file(&cache, repo, COMMIT, "unet/diffusion_pytorch_model.safetensors", b"unet weights");
+    cache_file(&cache, repo, COMMIT, "text_encoder/model.fp16.safetensors", b"fp16 weights");
     cache_file(&cache, repo, COMMIT, "vae/diffusion_pytorch_model.safetensors.index.json",
         br#"{"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors", "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}}"#);
-    cache_file(
-        &cache,
-        repo,
-        COMMIT,
-        "vae/diffusion_pytorch_model-00001-of-00002.safetensors",
-        b"1",
-    );
-    cache_file(
-        &cache,
-        repo,
-        COMMIT,
-        "vae/diffusion_pytorch_model-00002-of-00002.safetensors",
-        b"2",
-    );
-    cache_file(
-        &cache,
-        repo,
-        COMMIT,
-        "safety_checker/pytorch_model.bin",
-        b"pickle",
-    );
+    cache_file(&cache, repo, COMMIT, "vae/diffusion_pytorch_model-00001-of-00002.safetensors", b"1");
+    cache_file(&cache, repo, COMMIT, "vae/diffusion_pytorch_model-00002-of-00002.safetensors", b"2");
+    cache_file(&cache, repo, COMMIT, "safety_checker/pytorch_model.bin", b"pickle");
     // Python writes the ref without a newline; tolerate one anyway.
     touch(&repo_dir.join("refs/main"), &format!("{COMMIT}\n"));
     // The hub said 404 for this one at that commit.
-    touch(
-        &repo_dir
-            .join(".no_exist")
-            .join(COMMIT)
-            .join("unet/absent.json"),
-        "",
-    );
+    touch(&repo_dir.join(".no_exist").join(COMMIT).join("unet/absent.json"), "");
 
     let f = fetcher(&cache, "http://127.0.0.1:9").with_offline(true);
     let src = hub(repo);
@@ -374,14 +282,8 @@ fn cache_is_used_offline() {
         )
     );
 
-    assert_eq!(
-        f.weight_files(&src, "unet").unwrap(),
-        vec![snap.join("unet/diffusion_pytorch_model.safetensors")]
-    );
-    assert_eq!(
-        f.weight_files(&src, "text_encoder").unwrap(),
-        vec![snap.join("text_encoder/model.fp16.safetensors")]
-    );
+    assert_eq!(f.weight_files(&src, "unet").unwrap(), vec![snap.join("unet/diffusion_pytorch_model.safetensors")]);
+    assert_eq!(f.weight_files(&src, "text_encoder").unwrap(), vec![snap.join("text_encoder/model.fp16.safetensors")]);
     assert_eq!(
         f.weight_files(&src, "vae").unwrap(),
         vec![
@@ -389,8 +291,9 @@ fn cache_is_used_offline() {
             snap.join("vae/diffusion_pytorch_model-00002-of-00002.safetensors"),
         ]
     );
-    assert!(err_string(f.weight_files(&src, "safety_checker"))
-        .starts_with("owner/tiny (safety_checker/): only PyTorch weights found (pytorch_model.bin); .bin pickles are not supported"));
+    assert!(err_string(f.weight_files(&src, "safety_checker")).starts_with(
+        "owner/tiny (safety_checker/): only PyTorch weights found (pytorch_model.bin); .bin pickles are not supported"
+    ));
     assert_eq!(
         err_string(f.weight_files(&src, "scheduler")),
         format!(
@@ -400,18 +303,9 @@ fn cache_is_used_offline() {
     );
 
     // A commit hash as revision needs no ref; an unknown branch is not in the cache.
-    let pinned = ModelSource::Hub {
-        repo: repo.into(),
-        revision: COMMIT.into(),
-    };
-    assert_eq!(
-        f.get(&pinned, "unet", "config.json").unwrap(),
-        snap.join("unet/config.json")
-    );
-    let branch = ModelSource::Hub {
-        repo: repo.into(),
-        revision: "fp16".into(),
-    };
+    let pinned = ModelSource::Hub { repo: repo.into(), revision: COMMIT.into() };
+    assert_eq!(f.get(&pinned, "unet", "config.json").unwrap(), snap.join("unet/config.json"));
+    let branch = ModelSource::Hub { repo: repo.into(), revision: "fp16".into() };
     assert_eq!(
         err_string(f.get(&branch, "unet", "config.json")),
         format!(
@@ -423,10 +317,8 @@ fn cache_is_used_offline() {
     // A snapshot entry whose blob was deleted is not a hit.
     #[cfg(unix)]
     {
-        std::fs::remove_file(std::fs::canonicalize(snap.join("unet/config.json")).unwrap())
-            .unwrap();
-        assert!(err_string(f.get(&src, "unet", "config.json"))
-            .contains("is not in the Hugging Face cache"));
+        std::fs::remove_file(std::fs::canonicalize(snap.join("unet/config.json")).unwrap()).unwrap();
+        assert!(err_string(f.get(&src, "unet", "config.json")).contains("is not in the Hugging Face cache"));
     }
 }
 
@@ -460,35 +352,20 @@ impl FakeHub {
                 let lfs = rel.ends_with(".safetensors");
                 // LFS etags are sha256 hex, git ones sha1 hex; any distinct hex will do here.
                 let etag = if lfs {
-                    format!(
-                        "{:016x}{:016x}{:016x}{:016x}",
-                        fnv(&bytes),
-                        bytes.len(),
-                        fnv(rel.as_bytes()),
-                        1
-                    )
+                    format!("{:016x}{:016x}{:016x}{:016x}", fnv(&bytes), bytes.len(), fnv(rel.as_bytes()), 1)
                 } else {
-                    format!(
-                        "{:016x}{:016x}{:08x}",
-                        fnv(&bytes),
-                        fnv(rel.as_bytes()),
-                        bytes.len()
-                    )
+                    format!("{:016x}{:016x}{:08x}", fnv(&bytes), fnv(rel.as_bytes()), bytes.len())
                 };
                 (rel.to_string(), HubFile { bytes, etag, lfs })
             })
             .collect();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (repo, base2, log2, stop2) =
-            (repo.to_string(), base.clone(), log.clone(), stop.clone());
+        let (repo, base2, log2, stop2) = (repo.to_string(), base.clone(), log.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut served = 0;
-            while served < max_requests
-                && Instant::now() < deadline
-                && !stop2.load(Ordering::Relaxed)
-            {
+            while served < max_requests && Instant::now() < deadline && !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         served += 1;
@@ -501,12 +378,7 @@ impl FakeHub {
                 }
             }
         });
-        Self {
-            base,
-            log,
-            stop,
-            thread: Some(thread),
-        }
+        Self { base, log, stop, thread: Some(thread) }
     }
 
     fn take_log(&self) -> Vec<String> {
@@ -523,13 +395,7 @@ impl Drop for FakeHub {
     }
 }
 
-fn serve(
-    mut stream: TcpStream,
-    repo: &str,
-    files: &HashMap<String, HubFile>,
-    base: &str,
-    log: &Mutex<Vec<String>>,
-) {
+fn serve(mut stream: TcpStream, repo: &str, files: &HashMap<String, HubFile>, base: &str, log: &Mutex<Vec<String>>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::new();
@@ -550,70 +416,52 @@ fn serve(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let path = request_line
-        .split(' ')
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
+    let path = request_line.split(' ').nth(1).unwrap_or_default().to_string();
     let range = headers.get("range").cloned();
-    log.lock()
-        .unwrap()
-        .push(format!("{path} {}", range.as_deref().unwrap_or("-")));
+    log.lock().unwrap().push(format!("{path} {}", range.as_deref().unwrap_or("-")));
 
     let not_found = |code: &str| {
         (
             404,
-            vec![
-                ("X-Error-Code".to_string(), code.to_string()),
-                ("X-Repo-Commit".to_string(), COMMIT.to_string()),
-            ],
+            vec![("X-Error-Code".to_string(), code.to_string()), ("X-Repo-Commit".to_string(), COMMIT.to_string())],
             Vec::new(),
         )
     };
-    let (status, extra, body): (u16, Vec<(String, String)>, Vec<u8>) =
-        if let Some(etag) = path.strip_prefix("/cdn/") {
-            match files.values().find(|f| f.etag == etag) {
-                Some(f) => ranged(&f.bytes, range.as_deref(), vec![]),
-                None => (404, vec![], vec![]),
-            }
-        } else if let Some(rest) = path.strip_prefix(&format!("/{repo}/resolve/")) {
-            let (rev, rel) = rest.split_once('/').unwrap_or((rest, ""));
-            if rev != "main" && rev != COMMIT {
-                not_found("RevisionNotFound")
-            } else if let Some(f) = files.get(rel) {
-                if f.lfs {
-                    let h = vec![
-                        ("Location".to_string(), format!("{base}/cdn/{}", f.etag)),
-                        ("X-Linked-Etag".to_string(), format!("\"{}\"", f.etag)),
-                        ("X-Linked-Size".to_string(), f.bytes.len().to_string()),
-                        ("X-Repo-Commit".to_string(), COMMIT.to_string()),
-                        ("ETag".to_string(), "\"pointer-etag\"".to_string()),
-                    ];
-                    (302, h, Vec::new())
-                } else {
-                    let h = vec![
-                        ("ETag".to_string(), format!("\"{}\"", f.etag)),
-                        ("X-Repo-Commit".to_string(), COMMIT.to_string()),
-                    ];
-                    ranged(&f.bytes, range.as_deref(), h)
-                }
+    let (status, extra, body): (u16, Vec<(String, String)>, Vec<u8>) = if let Some(etag) = path.strip_prefix("/cdn/") {
+        match files.values().find(|f| f.etag == etag) {
+            Some(f) => ranged(&f.bytes, range.as_deref(), vec![]),
+            None => (404, vec![], vec![]),
+        }
+    } else if let Some(rest) = path.strip_prefix(&format!("/{repo}/resolve/")) {
+        let (rev, rel) = rest.split_once('/').unwrap_or((rest, ""));
+        if rev != "main" && rev != COMMIT {
+            not_found("RevisionNotFound")
+        } else if let Some(f) = files.get(rel) {
+            if f.lfs {
+                let h = vec![
+                    ("Location".to_string(), format!("{base}/cdn/{}", f.etag)),
+                    ("X-Linked-Etag".to_string(), format!("\"{}\"", f.etag)),
+                    ("X-Linked-Size".to_string(), f.bytes.len().to_string()),
+                    ("X-Repo-Commit".to_string(), COMMIT.to_string()),
+                    ("ETag".to_string(), "\"pointer-etag\"".to_string()),
+                ];
+                (302, h, Vec::new())
             } else {
-                not_found("EntryNotFound")
+                let h = vec![
+                    ("ETag".to_string(), format!("\"{}\"", f.etag)),
+                    ("X-Repo-Commit".to_string(), COMMIT.to_string()),
+                ];
+                ranged(&f.bytes, range.as_deref(), h)
             }
-        } else if path.starts_with("/test-org/gated/") {
-            (
-                401,
-                vec![("X-Error-Code".to_string(), "GatedRepo".to_string())],
-                Vec::new(),
-            )
         } else {
-            // huggingface.co answers 401 for repos it does not know (or may not show).
-            (
-                401,
-                vec![("X-Error-Code".to_string(), "RepoNotFound".to_string())],
-                b"Repository not found".to_vec(),
-            )
-        };
+            not_found("EntryNotFound")
+        }
+    } else if path.starts_with("/test-org/gated/") {
+        (401, vec![("X-Error-Code".to_string(), "GatedRepo".to_string())], Vec::new())
+    } else {
+        // huggingface.co answers 401 for repos it does not know (or may not show).
+        (401, vec![("X-Error-Code".to_string(), "RepoNotFound".to_string())], b"Repository not found".to_vec())
+    };
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
@@ -623,10 +471,7 @@ fn serve(
         416 => "Range Not Satisfiable",
         _ => "Other",
     };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for (k, v) in extra {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -647,35 +492,21 @@ fn ranged(
     };
     let (a, b) = spec.split_once('-').unwrap_or((spec, ""));
     let start: usize = a.parse().unwrap_or(0);
-    let end: usize = if b.is_empty() {
-        bytes.len().saturating_sub(1)
-    } else {
-        b.parse().unwrap_or(0)
-    };
+    let end: usize = if b.is_empty() { bytes.len().saturating_sub(1) } else { b.parse().unwrap_or(0) };
     if start >= bytes.len() || end < start {
         return (416, headers, Vec::new());
     }
     let end = end.min(bytes.len() - 1);
-    headers.push((
-        "Content-Range".to_string(),
-        format!("bytes {start}-{end}/{}", bytes.len()),
-    ));
+    headers.push(("Content-Range".to_string(), format!("bytes {start}-{end}/{}", bytes.len())));
     (206, headers, bytes[start..=end].to_vec())
 }
 
 /// hf-hub's HTTP client routes every request, 127.0.0.1 included, through a proxy named in
 /// the environment (ureq 2 has no NO_PROXY), so the fake hub is unreachable behind one.
 fn proxy_in_env() -> bool {
-    let set = [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-    ]
-    .iter()
-    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    let set = ["ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
     if set {
         eprintln!("SKIPPED: a proxy is set in the environment; hf-hub would send 127.0.0.1 requests through it");
     }
@@ -717,14 +548,8 @@ fn download_into_standard_cache() {
     // A small file: one metadata request (first byte), one download.
     let config = f.get(&src, "unet", "config.json").unwrap();
     assert_eq!(config, snap.join("unet/config.json"));
-    assert_eq!(
-        std::fs::read(&config).unwrap(),
-        std::fs::read(tiny_sd().join("unet/config.json")).unwrap()
-    );
-    assert_eq!(
-        std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(),
-        COMMIT
-    );
+    assert_eq!(std::fs::read(&config).unwrap(), std::fs::read(tiny_sd().join("unet/config.json")).unwrap());
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), COMMIT);
     assert_eq!(
         server.take_log(),
         [
@@ -735,54 +560,31 @@ fn download_into_standard_cache() {
 
     // Weights through the LFS redirect; pinned to the commit the cache already holds.
     let weights = f.weight_files(&src, "unet").unwrap();
-    let original =
-        std::fs::read(tiny_sd().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    assert_eq!(
-        weights,
-        vec![snap.join("unet/diffusion_pytorch_model.safetensors")]
-    );
+    let original = std::fs::read(tiny_sd().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    assert_eq!(weights, vec![snap.join("unet/diffusion_pytorch_model.safetensors")]);
     assert_eq!(std::fs::read(&weights[0]).unwrap(), original);
     let log = server.take_log();
     assert_eq!(log.len(), 4, "{log:?}");
     assert_eq!(
         log[0],
-        format!(
-            "/test-org/tiny-sd/resolve/{COMMIT}/unet/diffusion_pytorch_model.safetensors bytes=0-0"
-        )
+        format!("/test-org/tiny-sd/resolve/{COMMIT}/unet/diffusion_pytorch_model.safetensors bytes=0-0")
     );
-    assert!(
-        log[1].starts_with("/cdn/") && log[1].ends_with(" bytes=0-0"),
-        "{log:?}"
-    );
-    assert_eq!(
-        log[2],
-        format!(
-            "/test-org/tiny-sd/resolve/{COMMIT}/unet/diffusion_pytorch_model.safetensors bytes=0-"
-        )
-    );
-    assert!(
-        log[3].starts_with("/cdn/") && log[3].ends_with(" bytes=0-"),
-        "{log:?}"
-    );
+    assert!(log[1].starts_with("/cdn/") && log[1].ends_with(" bytes=0-0"), "{log:?}");
+    assert_eq!(log[2], format!("/test-org/tiny-sd/resolve/{COMMIT}/unet/diffusion_pytorch_model.safetensors bytes=0-"));
+    assert!(log[3].starts_with("/cdn/") && log[3].ends_with(" bytes=0-"), "{log:?}");
     // No ref named after the commit is left behind (huggingface_hub writes none).
     assert!(!repo_dir.join("refs").join(COMMIT).exists());
 
     // Standard layout: snapshot entries are relative links into blobs/, named by etag.
     #[cfg(unix)]
     {
-        let target =
-            std::fs::read_link(snap.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+        let target = std::fs::read_link(snap.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
         let target = target.to_str().unwrap();
         assert!(target.starts_with("../../../blobs/"), "{target}");
-        let blob = repo_dir
-            .join("blobs")
-            .join(target.trim_start_matches("../../../blobs/"));
+        let blob = repo_dir.join("blobs").join(target.trim_start_matches("../../../blobs/"));
         assert_eq!(std::fs::read(blob).unwrap(), original);
         assert_eq!(
-            std::fs::read_link(snap.join("unet/config.json"))
-                .unwrap()
-                .parent()
-                .unwrap(),
+            std::fs::read_link(snap.join("unet/config.json")).unwrap().parent().unwrap(),
             Path::new("../../../blobs")
         );
     }
@@ -801,21 +603,12 @@ fn download_into_standard_cache() {
         std::fs::read(&te[0]).unwrap(),
         std::fs::read(tiny_sd().join("text_encoder/model.safetensors")).unwrap()
     );
-    assert!(repo_dir
-        .join(".no_exist")
-        .join(COMMIT)
-        .join("text_encoder/diffusion_pytorch_model.safetensors")
-        .is_file());
+    assert!(repo_dir.join(".no_exist").join(COMMIT).join("text_encoder/diffusion_pytorch_model.safetensors").is_file());
     assert_eq!(server.take_log().len(), 5);
 
     // A missing file: Ok(None), then the exact error (from the cache's .no_exist, no request).
     assert_eq!(f.get_optional(&src, "unet", "missing.json").unwrap(), None);
-    assert_eq!(
-        server.take_log(),
-        [format!(
-            "/test-org/tiny-sd/resolve/{COMMIT}/unet/missing.json bytes=0-0"
-        )]
-    );
+    assert_eq!(server.take_log(), [format!("/test-org/tiny-sd/resolve/{COMMIT}/unet/missing.json bytes=0-0")]);
     assert_eq!(
         err_string(f.get(&src, "unet", "missing.json")),
         "test-org/tiny-sd: unet/missing.json not found (no such file in the repository at revision main)"
@@ -839,10 +632,7 @@ fn download_errors() {
     }
     let server = FakeHub::start(
         "test-org/pickles",
-        vec![
-            ("unet/config.json", b"{}".to_vec()),
-            ("unet/diffusion_pytorch_model.bin", b"pickle".to_vec()),
-        ],
+        vec![("unet/config.json", b"{}".to_vec()), ("unet/diffusion_pytorch_model.bin", b"pickle".to_vec())],
         40,
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -853,15 +643,8 @@ fn download_errors() {
     let src = hub("test-org/pickles");
     assert_eq!(f.get_optional(&src, "", "model_index.json").unwrap(), None);
     let repo_dir = cache.join("models--test-org--pickles");
-    assert_eq!(
-        std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(),
-        COMMIT
-    );
-    assert!(repo_dir
-        .join(".no_exist")
-        .join(COMMIT)
-        .join("model_index.json")
-        .is_file());
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), COMMIT);
+    assert!(repo_dir.join(".no_exist").join(COMMIT).join("model_index.json").is_file());
 
     // Only a .bin on the hub: refused without downloading it (a first-byte probe only).
     server.take_log();
@@ -893,14 +676,8 @@ fn download_errors() {
         err_string(f.get(&hub("test-org/gated"), "unet", "config.json")),
         "test-org/gated: the repository is gated (HTTP 401); accept its terms on the hub, then set HF_TOKEN or run `huggingface-cli login`"
     );
-    let branch = ModelSource::Hub {
-        repo: "test-org/pickles".into(),
-        revision: "v9".into(),
-    };
-    assert_eq!(
-        err_string(f.get(&branch, "unet", "config.json")),
-        "test-org/pickles@v9: revision `v9` not found"
-    );
+    let branch = ModelSource::Hub { repo: "test-org/pickles".into(), revision: "v9".into() };
+    assert_eq!(err_string(f.get(&branch, "unet", "config.json")), "test-org/pickles@v9: revision `v9` not found");
     drop(server);
 
     // Nothing listens: the message says where the cache is and that the network failed.

@@ -8,8 +8,8 @@ use diffedit::models::tokenizer::ClipTokenizer;
 use serde_json::Value;
 
 fn check_model(name: &str) {
-    let tok = ClipTokenizer::from_dir(&common::tiny_model(name).join("tokenizer"))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let tok =
+        ClipTokenizer::from_dir(&common::tiny_model(name).join("tokenizer")).unwrap_or_else(|e| panic!("{name}: {e}"));
     let path = common::fixtures().join(format!("parity/tokenizer_{name}.json"));
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(tok.max_length() as u64, doc["max_length"].as_u64().unwrap());
@@ -20,12 +20,7 @@ fn check_model(name: &str) {
     let mut failures = Vec::new();
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got = tok.encode(prompt);
         let want_n = case["n_tokens"].as_u64().unwrap() as usize;
         let want_trunc = case["truncated"].as_bool().unwrap();
@@ -36,17 +31,8 @@ fn check_model(name: &str) {
             ));
         }
     }
-    eprintln!(
-        "{name}: {} / {} prompts match transformers exactly",
-        cases.len() - failures.len(),
-        cases.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{name}: {} mismatches\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    eprintln!("{name}: {} / {} prompts match transformers exactly", cases.len() - failures.len(), cases.len());
+    assert!(failures.is_empty(), "{name}: {} mismatches\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -69,11 +55,7 @@ fn both_layouts_agree_on_the_same_vocabulary() {
     }
     let a = ClipTokenizer::from_dir(&src).unwrap();
     let b = ClipTokenizer::from_dir(dir.path()).unwrap();
-    for p in [
-        "a photo of a cat",
-        "<|endoftext|> 3.14 caf\u{e9} \u{1f431}!!",
-        "",
-    ] {
+    for p in ["a photo of a cat", "<|endoftext|> 3.14 caf\u{e9} \u{1f431}!!", ""] {
         assert_eq!(a.encode(p), b.encode(p), "{p:?}");
     }
 }
@@ -89,10 +71,7 @@ fn output_is_always_max_length_with_eos_last_when_truncated() {
     assert_eq!(t.ids[0], tok.bos_id());
     assert_eq!(t.ids[76], tok.eos_id());
     let t = tok.encode(&"cat ".repeat(75));
-    assert_eq!(
-        (t.n_tokens, t.truncated, t.ids[76]),
-        (77, false, tok.eos_id())
-    );
+    assert_eq!((t.n_tokens, t.truncated, t.ids[76]), (77, false, tok.eos_id()));
 }
 
 #[test]
@@ -101,10 +80,7 @@ fn missing_files_are_named() {
     let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
     assert_eq!(
         err,
-        format!(
-            "tokenizer folder {} has neither vocab.json + merges.txt nor tokenizer.json",
-            dir.path().display()
-        )
+        format!("tokenizer folder {} has neither vocab.json + merges.txt nor tokenizer.json", dir.path().display())
     );
 
     // merges.txt present, vocab.json missing: the error names vocab.json.
@@ -116,10 +92,7 @@ fn missing_files_are_named() {
 
     let gone = dir.path().join("nope");
     let err = ClipTokenizer::from_dir(&gone).unwrap_err().to_string();
-    assert_eq!(
-        err,
-        format!("tokenizer folder {} does not exist", gone.display())
-    );
+    assert_eq!(err, format!("tokenizer folder {} does not exist", gone.display()));
 }
 
 #[test]
@@ -129,20 +102,10 @@ fn corrupt_files_are_named() {
     std::fs::copy(src.join("merges.txt"), dir.path().join("merges.txt")).unwrap();
     std::fs::write(dir.path().join("vocab.json"), "{\"a\": ").unwrap();
     let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
-    assert!(
-        err.starts_with(&format!(
-            "{}: expected a JSON object",
-            dir.path().join("vocab.json").display()
-        )),
-        "{err}"
-    );
+    assert!(err.starts_with(&format!("{}: expected a JSON object", dir.path().join("vocab.json").display())), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tokenizer.json"),
-        "{\"model\": {\"type\": \"WordPiece\"}}",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": {\"type\": \"WordPiece\"}}").unwrap();
     let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
     assert_eq!(
         err,
@@ -156,11 +119,7 @@ fn corrupt_files_are_named() {
     for f in ["vocab.json", "merges.txt"] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
-        "{\"pad_token\": \"<|nope|>\"}",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("tokenizer_config.json"), "{\"pad_token\": \"<|nope|>\"}").unwrap();
     let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
     assert_eq!(
         err,

@@ -43,9 +43,7 @@ pub enum PerBlock<T> {
 // By hand rather than `#[serde(untagged)]`, whose only error is "data did not match any variant
 // of untagged enum PerBlock": this one says what was found and what was expected.
 impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for PerBlock<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let value = serde_json::Value::deserialize(deserializer)?;
         let parsed = if value.is_array() {
@@ -53,8 +51,7 @@ impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for PerBlock<T
         } else {
             T::deserialize(value).map(PerBlock::One)
         };
-        parsed
-            .map_err(|e| D::Error::custom(format!("{e} (one value, or a list with one per block)")))
+        parsed.map_err(|e| D::Error::custom(format!("{e} (one value, or a list with one per block)")))
     }
 }
 
@@ -64,10 +61,7 @@ impl<T: Copy> PerBlock<T> {
         match self {
             PerBlock::One(v) => Ok(*v),
             PerBlock::Each(vs) if vs.len() == n => Ok(vs[i]),
-            PerBlock::Each(vs) => Err(format!(
-                "`{key}` has {} entries, expected one per block ({n})",
-                vs.len()
-            )),
+            PerBlock::Each(vs) => Err(format!("`{key}` has {} entries, expected one per block ({n})", vs.len())),
         }
     }
 }

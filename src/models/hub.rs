@@ -29,9 +29,7 @@ impl ModelSource {
     /// `models/` exists) is taken as a mistyped path, not a repo.
     pub fn parse(spec: &str) -> Result<Self> {
         if spec.is_empty() {
-            return Err(Error::invalid(
-                "empty model path (expected a folder or a Hugging Face repo id owner/name)",
-            ));
+            return Err(Error::invalid("empty model path (expected a folder or a Hugging Face repo id owner/name)"));
         }
         let path = Path::new(spec);
         if path.is_dir() {
@@ -53,10 +51,7 @@ impl ModelSource {
                     "{spec}: folder does not exist (read as a path because `{owner}` is a local folder, not as a Hugging Face repo id)"
                 )));
             }
-            return Ok(ModelSource::Hub {
-                repo: id.to_string(),
-                revision: revision.to_string(),
-            });
+            return Ok(ModelSource::Hub { repo: id.to_string(), revision: revision.to_string() });
         }
         Err(Error::Model(format!(
             "{spec}: folder does not exist (and it is not a Hugging Face repo id of the form owner/name[@revision])"
@@ -83,8 +78,7 @@ fn is_repo_id(id: &str) -> bool {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p.len() <= 96
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && !p.starts_with(['-', '.'])
             && !p.ends_with(['-', '.'])
             && !p.contains("--")
@@ -99,9 +93,7 @@ fn is_revision(rev: &str) -> bool {
     !rev.is_empty()
         && !rev.starts_with('/')
         && !rev.contains('\\')
-        && rev
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
+        && rev.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 fn is_commit_hash(rev: &str) -> bool {
@@ -113,15 +105,11 @@ fn check_relative(rel: &str) -> Result<()> {
     let ok = !rel.is_empty()
         && !rel.starts_with('/')
         && !rel.contains('\\')
-        && rel
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..");
+        && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!(
-            "`{rel}`: not a relative file path inside a model"
-        )))
+        Err(Error::invalid(format!("`{rel}`: not a relative file path inside a model")))
     }
 }
 
@@ -155,15 +143,11 @@ pub struct Fetcher {
 }
 
 fn env_nonempty(key: &str) -> Option<String> {
-    std::env::var(key)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    std::env::var(key).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 fn env_true(key: &str) -> bool {
-    env_nonempty(key)
-        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    env_nonempty(key).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
 /// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface` (as Python does).
@@ -174,9 +158,7 @@ fn hf_home() -> PathBuf {
     if let Some(xdg) = env_nonempty("XDG_CACHE_HOME") {
         return PathBuf::from(xdg).join("huggingface");
     }
-    let home = env_nonempty("HOME")
-        .or_else(|| env_nonempty("USERPROFILE"))
-        .unwrap_or_else(|| ".".to_string());
+    let home = env_nonempty("HOME").or_else(|| env_nonempty("USERPROFILE")).unwrap_or_else(|| ".".to_string());
     PathBuf::from(home).join(".cache").join("huggingface")
 }
 
@@ -186,19 +168,11 @@ impl Fetcher {
     /// by `huggingface-cli login`), `HF_HUB_DISABLE_PROGRESS_BARS`.
     pub fn from_env() -> Self {
         let home = hf_home();
-        let cache_dir = env_nonempty("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join("hub"));
-        let endpoint =
-            env_nonempty("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".to_string());
+        let cache_dir = env_nonempty("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| home.join("hub"));
+        let endpoint = env_nonempty("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".to_string());
         let token = env_nonempty("HF_TOKEN").or_else(|| {
-            let file = env_nonempty("HF_TOKEN_PATH")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home.join("token"));
-            std::fs::read_to_string(file)
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
+            let file = env_nonempty("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| home.join("token"));
+            std::fs::read_to_string(file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
         });
         Self {
             cache_dir,
@@ -249,12 +223,7 @@ impl Fetcher {
     /// Path of `subfolder/filename` (subfolder "" = the root): for `Dir`, the file if it exists;
     /// for `Hub`, the cached snapshot file, else downloaded unless offline. `Ok(None)` when the
     /// file does not exist (locally, or the hub says so).
-    pub fn get_optional(
-        &self,
-        src: &ModelSource,
-        subfolder: &str,
-        filename: &str,
-    ) -> Result<Option<PathBuf>> {
+    pub fn get_optional(&self, src: &ModelSource, subfolder: &str, filename: &str) -> Result<Option<PathBuf>> {
         let rel = join_rel(subfolder, filename);
         check_relative(&rel)?;
         match src {
@@ -286,12 +255,10 @@ impl Fetcher {
 
     fn not_found(&self, src: &ModelSource, rel: &str) -> Error {
         match src {
-            ModelSource::Dir(dir) => {
-                Error::Model(format!("{}: file not found", dir.join(rel).display()))
+            ModelSource::Dir(dir) => Error::Model(format!("{}: file not found", dir.join(rel).display())),
+            ModelSource::Hub { repo, revision } => {
+                Error::Model(format!("{repo}: {rel} not found (no such file in the repository at revision {revision})"))
             }
-            ModelSource::Hub { repo, revision } => Error::Model(format!(
-                "{repo}: {rel} not found (no such file in the repository at revision {revision})"
-            )),
         }
     }
 
@@ -305,21 +272,17 @@ impl Fetcher {
         // used offline, needs no network round trips for the names it lacks.
         if let ModelSource::Hub { repo, revision } = src {
             for (name, sharded) in &candidates {
-                if let Cached::Present(path) =
-                    self.lookup(repo, revision, &join_rel(subfolder, name))
-                {
+                if let Cached::Present(path) = self.lookup(repo, revision, &join_rel(subfolder, name)) {
                     if !sharded {
                         return Ok(vec![path]);
                     }
                     let shards = shard_names(&path)?;
                     let cached: Option<Vec<PathBuf>> = shards
                         .iter()
-                        .map(
-                            |s| match self.lookup(repo, revision, &join_rel(subfolder, s)) {
-                                Cached::Present(p) => Some(p),
-                                _ => None,
-                            },
-                        )
+                        .map(|s| match self.lookup(repo, revision, &join_rel(subfolder, s)) {
+                            Cached::Present(p) => Some(p),
+                            _ => None,
+                        })
                         .collect();
                     if let Some(files) = cached {
                         return Ok(files);
@@ -349,7 +312,8 @@ impl Fetcher {
                 self.place(src, subfolder)
             )));
         }
-        let looked_for = "diffusion_pytorch_model.safetensors or model.safetensors, sharded (.safetensors.index.json) or fp16";
+        let looked_for =
+            "diffusion_pytorch_model.safetensors or model.safetensors, sharded (.safetensors.index.json) or fp16";
         match src {
             ModelSource::Hub { .. } if self.offline => Err(Error::Model(format!(
                 "{}: no weights in the Hugging Face cache at {} (looked for {looked_for}), and the network is off (HF_HUB_OFFLINE)",
@@ -374,10 +338,7 @@ impl Fetcher {
             .iter()
             .map(|s| match self.get_optional(src, subfolder, s)? {
                 Some(p) => Ok(p),
-                None => Err(Error::config(
-                    index,
-                    format!("shard `{s}` listed in `weight_map` not found"),
-                )),
+                None => Err(Error::config(index, format!("shard `{s}` listed in `weight_map` not found"))),
             })
             .collect()
     }
@@ -408,24 +369,20 @@ impl Fetcher {
                 let rel = join_rel(subfolder, name);
                 match src {
                     ModelSource::Dir(dir) => dir.join(&rel).is_file(),
-                    ModelSource::Hub { repo, revision } => {
-                        match self.lookup(repo, revision, &rel) {
-                            Cached::Present(_) => true,
-                            Cached::KnownMissing => false,
-                            Cached::Unknown { commit } => {
-                                !self.offline
-                                    && self.probe(repo, commit.as_deref().unwrap_or(revision), &rel)
-                            }
+                    ModelSource::Hub { repo, revision } => match self.lookup(repo, revision, &rel) {
+                        Cached::Present(_) => true,
+                        Cached::KnownMissing => false,
+                        Cached::Unknown { commit } => {
+                            !self.offline && self.probe(repo, commit.as_deref().unwrap_or(revision), &rel)
                         }
-                    }
+                    },
                 }
             })
             .map(|s| s.to_string())
     }
 
     fn repo_dir(&self, repo: &str) -> PathBuf {
-        self.cache_dir
-            .join(format!("models--{}", repo.replace('/', "--")))
+        self.cache_dir.join(format!("models--{}", repo.replace('/', "--")))
     }
 
     /// The commit a revision points to in the cache: `refs/<revision>`, or the revision itself
@@ -438,8 +395,7 @@ impl Fetcher {
                 return Some(commit.to_string());
             }
         }
-        (is_commit_hash(revision) && dir.join("snapshots").join(revision).is_dir())
-            .then(|| revision.to_string())
+        (is_commit_hash(revision) && dir.join("snapshots").join(revision).is_dir()).then(|| revision.to_string())
     }
 
     fn lookup(&self, repo: &str, revision: &str, rel: &str) -> Cached {
@@ -456,9 +412,7 @@ impl Fetcher {
         if dir.join(".no_exist").join(&commit).join(rel).exists() {
             return Cached::KnownMissing;
         }
-        Cached::Unknown {
-            commit: Some(commit),
-        }
+        Cached::Unknown { commit: Some(commit) }
     }
 
     fn download(
@@ -480,14 +434,8 @@ impl Fetcher {
             .with_token(self.token.clone())
             .with_progress(false)
             .build()
-            .map_err(|e| {
-                Error::Model(format!("{}: cannot set up downloads: {e}", src.describe()))
-            })?;
-        let api_repo = api.repo(Repo::with_revision(
-            repo.to_string(),
-            RepoType::Model,
-            pinned.clone(),
-        ));
+            .map_err(|e| Error::Model(format!("{}: cannot set up downloads: {e}", src.describe())))?;
+        let api_repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, pinned.clone()));
         let result = if self.progress {
             api_repo.download_with_progress(rel, Bar::new(format!("{} {rel}", src.describe())))
         } else {
@@ -563,15 +511,8 @@ impl Fetcher {
     /// Whether the hub has `rel`, asking for its first byte without following the redirect to
     /// the file storage. Any failure counts as "no".
     fn probe(&self, repo: &str, revision: &str, rel: &str) -> bool {
-        let agent = ureq::AgentBuilder::new()
-            .try_proxy_from_env(true)
-            .redirects(0)
-            .build();
-        let url = format!(
-            "{}/{repo}/resolve/{}/{rel}",
-            self.endpoint,
-            revision.replace('/', "%2F")
-        );
+        let agent = ureq::AgentBuilder::new().try_proxy_from_env(true).redirects(0).build();
+        let url = format!("{}/{repo}/resolve/{}/{rel}", self.endpoint, revision.replace('/', "%2F"));
         let mut request = agent.get(&url).set("Range", "bytes=0-0");
         if let Some(token) = &self.token {
             request = request.set("Authorization", &format!("Bearer {token}"));
@@ -613,10 +554,7 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
     }
     for s in &shards {
         if s.contains('/') || s.contains('\\') || s == "." || s == ".." {
-            return Err(Error::config(
-                index,
-                format!("shard `{s}` is not a file name next to the index"),
-            ));
+            return Err(Error::config(index, format!("shard `{s}` is not a file name next to the index")));
         }
     }
     Ok(shards)

@@ -73,10 +73,7 @@ fn component_subfolder(fetcher: &Fetcher, src: &ModelSource, name: &str, probe: 
     } else if fetcher.get_optional(src, "", probe)?.is_some() {
         Ok(String::new())
     } else {
-        Err(Error::Model(format!(
-            "{}: no {name} found (looked for {name}/{probe} and {probe})",
-            src.describe()
-        )))
+        Err(Error::Model(format!("{}: no {name} found (looked for {name}/{probe} and {probe})", src.describe())))
     }
 }
 
@@ -231,7 +228,11 @@ fn fetch_tokenizer_files(fetcher: &Fetcher, src: &ModelSource, sub: &str) -> Res
         }
     }
     dir.ok_or_else(|| {
-        Error::Model(format!("{}: no tokenizer files in {}", src.describe(), if sub.is_empty() { "the root" } else { sub }))
+        Error::Model(format!(
+            "{}: no tokenizer files in {}",
+            src.describe(),
+            if sub.is_empty() { "the root" } else { sub }
+        ))
     })
 }
 

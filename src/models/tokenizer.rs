@@ -26,8 +26,7 @@ const DEFAULT_MAX_LENGTH: usize = 77;
 const END_OF_WORD: &str = "</w>";
 
 /// CLIP's word split; matches are kept, everything between them (whitespace) is dropped.
-const CLIP_SPLIT: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// GPT-2's split as the byte-level pre-tokenizer applies it inside each CLIP word. CLIP words
 /// never hold whitespace, so GPT-2's optional leading space and its whitespace branches (the
 /// only ones needing look-ahead) can never match and are left out.
@@ -123,10 +122,7 @@ fn read_special_tokens(dir: &Path) -> Result<SpecialTokens> {
                 None | Some(Value::Null) => {}
                 Some(v) => {
                     *slot = token_string(v).ok_or_else(|| {
-                        Error::config(
-                            &path,
-                            format!("key `{key}`: expected a string or an object with `content`"),
-                        )
+                        Error::config(&path, format!("key `{key}`: expected a string or an object with `content`"))
                     })?;
                     st.source.insert(key, path.clone());
                 }
@@ -137,12 +133,7 @@ fn read_special_tokens(dir: &Path) -> Result<SpecialTokens> {
             let n = v
                 .as_f64()
                 .filter(|n| *n >= 0.0 && n.fract() == 0.0)
-                .ok_or_else(|| {
-                    Error::config(
-                        &path,
-                        "key `model_max_length`: expected a non-negative integer",
-                    )
-                })?;
+                .ok_or_else(|| Error::config(&path, "key `model_max_length`: expected a non-negative integer"))?;
             if n < 1e29 {
                 if n < 2.0 {
                     return Err(Error::config(
@@ -160,8 +151,7 @@ fn read_special_tokens(dir: &Path) -> Result<SpecialTokens> {
 /// GPT-2's reversible byte -> printable character table: printable Latin-1 bytes map to
 /// themselves, the rest to code points from 256 upwards in byte order.
 fn byte_chars() -> [char; 256] {
-    let keeps =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let keeps = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
@@ -198,12 +188,8 @@ struct Model {
 
 fn load_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Model> {
     let text = std::fs::read_to_string(vocab_path).map_err(|e| Error::io(vocab_path, e))?;
-    let vocab: HashMap<String, u32> = serde_json::from_str(&text).map_err(|e| {
-        Error::config(
-            vocab_path,
-            format!("expected a JSON object of token -> id: {e}"),
-        )
-    })?;
+    let vocab: HashMap<String, u32> = serde_json::from_str(&text)
+        .map_err(|e| Error::config(vocab_path, format!("expected a JSON object of token -> id: {e}")))?;
     let text = std::fs::read_to_string(merges_path).map_err(|e| Error::io(merges_path, e))?;
     let mut merges = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -211,12 +197,8 @@ fn load_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Model> {
         if line.starts_with("#version") || line.trim().is_empty() {
             continue;
         }
-        let pair = parse_merge_line(line).ok_or_else(|| {
-            Error::config(
-                merges_path,
-                format!("line {}: expected two symbols, got {line:?}", i + 1),
-            )
-        })?;
+        let pair = parse_merge_line(line)
+            .ok_or_else(|| Error::config(merges_path, format!("line {}: expected two symbols, got {line:?}", i + 1)))?;
         merges.push(pair);
     }
     Ok(Model {
@@ -234,45 +216,20 @@ fn load_tokenizer_json(path: &Path) -> Result<Model> {
     let model = json.get("model").ok_or_else(|| bad("model", "missing"))?;
     match model.get("type").and_then(Value::as_str) {
         Some("BPE") => {}
-        other => {
-            return Err(bad(
-                "model.type",
-                &format!("{other:?} is not supported, only \"BPE\""),
-            ))
-        }
+        other => return Err(bad("model.type", &format!("{other:?} is not supported, only \"BPE\""))),
     }
     match model.get("end_of_word_suffix") {
         Some(Value::String(s)) if s == END_OF_WORD => {}
-        other => {
-            return Err(bad(
-                "model.end_of_word_suffix",
-                &format!("{other:?} is not supported, only \"</w>\""),
-            ))
-        }
+        other => return Err(bad("model.end_of_word_suffix", &format!("{other:?} is not supported, only \"</w>\""))),
     }
     match model.get("continuing_subword_prefix") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.is_empty() => {}
-        Some(other) => {
-            return Err(bad(
-                "model.continuing_subword_prefix",
-                &format!("{other} is not supported"),
-            ))
-        }
+        Some(other) => return Err(bad("model.continuing_subword_prefix", &format!("{other} is not supported"))),
     }
-    let vocab: HashMap<String, u32> = serde_json::from_value(
-        model.get("vocab").cloned().unwrap_or(Value::Null),
-    )
-    .map_err(|e| {
-        bad(
-            "model.vocab",
-            &format!("expected an object of token -> id: {e}"),
-        )
-    })?;
-    let list = model
-        .get("merges")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("model.merges", "expected a list"))?;
+    let vocab: HashMap<String, u32> = serde_json::from_value(model.get("vocab").cloned().unwrap_or(Value::Null))
+        .map_err(|e| bad("model.vocab", &format!("expected an object of token -> id: {e}")))?;
+    let list = model.get("merges").and_then(Value::as_array).ok_or_else(|| bad("model.merges", "expected a list"))?;
     let mut merges = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         // Newer files store ["a", "b"], older ones "a b".
@@ -284,46 +241,27 @@ fn load_tokenizer_json(path: &Path) -> Result<Model> {
             },
             _ => None,
         };
-        merges
-            .push(pair.ok_or_else(|| bad(&format!("model.merges[{i}]"), "expected two symbols"))?);
+        merges.push(pair.ok_or_else(|| bad(&format!("model.merges[{i}]"), "expected two symbols"))?);
     }
     let mut added = Vec::new();
     if let Some(list) = json.get("added_tokens").and_then(Value::as_array) {
         for (i, t) in list.iter().enumerate() {
             let key = |k: &str| format!("added_tokens[{i}].{k}");
-            let content = t
-                .get("content")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&key("content"), "missing"))?;
-            let id = t
-                .get("id")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| bad(&key("id"), "missing"))?;
+            let content = t.get("content").and_then(Value::as_str).ok_or_else(|| bad(&key("content"), "missing"))?;
+            let id = t.get("id").and_then(Value::as_u64).ok_or_else(|| bad(&key("id"), "missing"))?;
             // lstrip/rstrip only move whitespace, which CLIP's split drops anyway; single_word
             // changes which occurrences match and is not implemented.
-            if t.get("single_word")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-            {
+            if t.get("single_word").and_then(Value::as_bool).unwrap_or(false) {
                 return Err(bad(&key("single_word"), "true is not supported"));
             }
             added.push(AddedToken {
                 content: content.to_owned(),
                 id: id as u32,
-                normalized: t
-                    .get("normalized")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                normalized: t.get("normalized").and_then(Value::as_bool).unwrap_or(false),
             });
         }
     }
-    Ok(Model {
-        vocab,
-        merges,
-        added,
-        merges_path: path.to_owned(),
-        vocab_path: path.to_owned(),
-    })
+    Ok(Model { vocab, merges, added, merges_path: path.to_owned(), vocab_path: path.to_owned() })
 }
 
 impl ClipTokenizer {
@@ -332,16 +270,10 @@ impl ClipTokenizer {
     /// `<|endoftext|>` and 77) and `special_tokens_map.json` if present.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::Model(format!(
-                "tokenizer folder {} does not exist",
-                dir.display()
-            )));
+            return Err(Error::Model(format!("tokenizer folder {} does not exist", dir.display())));
         }
-        let (vocab_path, merges_path, json_path) = (
-            dir.join("vocab.json"),
-            dir.join("merges.txt"),
-            dir.join("tokenizer.json"),
-        );
+        let (vocab_path, merges_path, json_path) =
+            (dir.join("vocab.json"), dir.join("merges.txt"), dir.join("tokenizer.json"));
         let model = if vocab_path.is_file() || merges_path.is_file() || !json_path.is_file() {
             if !vocab_path.is_file() && !merges_path.is_file() {
                 return Err(Error::Model(format!(
@@ -358,13 +290,7 @@ impl ClipTokenizer {
     }
 
     fn build(model: Model, special: SpecialTokens) -> Result<Self> {
-        let Model {
-            mut vocab,
-            merges: merge_list,
-            mut added,
-            merges_path,
-            vocab_path,
-        } = model;
+        let Model { mut vocab, merges: merge_list, mut added, merges_path, vocab_path } = model;
         for t in &added {
             vocab.entry(t.content.clone()).or_insert(t.id);
         }
@@ -385,32 +311,15 @@ impl ClipTokenizer {
                     // An unknown unk only matters if a symbol is missing from the vocabulary.
                     continue;
                 }
-                let file = special
-                    .source
-                    .get(key)
-                    .cloned()
-                    .unwrap_or_else(|| vocab_path.clone());
-                return Err(Error::config(
-                    file,
-                    format!("key `{key}`: {content:?} is not in the vocabulary"),
-                ));
+                let file = special.source.get(key).cloned().unwrap_or_else(|| vocab_path.clone());
+                return Err(Error::config(file, format!("key `{key}`: {content:?} is not in the vocabulary")));
             };
-            added.push(AddedToken {
-                content: content.clone(),
-                id,
-                normalized: false,
-            });
+            added.push(AddedToken { content: content.clone(), id, normalized: false });
         }
         let mut merges = HashMap::with_capacity(merge_list.len());
         for (rank, (a, b)) in merge_list.into_iter().enumerate() {
             let missing = |s: &str| {
-                Error::config(
-                    &merges_path,
-                    format!(
-                        "merge {} ({a} {b}): {s:?} is not in the vocabulary",
-                        rank + 1
-                    ),
-                )
+                Error::config(&merges_path, format!("merge {} ({a} {b}): {s:?} is not in the vocabulary", rank + 1))
             };
             let ia = *vocab.get(&a).ok_or_else(|| missing(&a))?;
             let ib = *vocab.get(&b).ok_or_else(|| missing(&b))?;
@@ -473,11 +382,7 @@ impl ClipTokenizer {
         ids.extend_from_slice(&body[..keep]);
         ids.push(self.eos_id);
         ids.resize(self.max_length, self.pad_id);
-        TokenizedPrompt {
-            ids,
-            n_tokens,
-            truncated: n_tokens > self.max_length,
-        }
+        TokenizedPrompt { ids, n_tokens, truncated: n_tokens > self.max_length }
     }
 
     /// The prompt's token ids, without bos/eos.
@@ -562,12 +467,7 @@ impl ClipTokenizer {
                 buf.push_str(END_OF_WORD);
             }
             match self.vocab.get(&buf).copied().or(self.unk_id) {
-                Some(id) => syms.push(Symbol {
-                    id,
-                    prev: None,
-                    next: None,
-                    alive: true,
-                }),
+                Some(id) => syms.push(Symbol { id, prev: None, next: None, alive: true }),
                 // Without an unk token, `tokenizers` drops symbols missing from the vocabulary.
                 None => continue,
             }
@@ -580,15 +480,14 @@ impl ClipTokenizer {
         // Min-heap on (rank, position); entries are checked against the current symbols when
         // popped, so stale ones left behind by earlier merges are skipped.
         let mut heap = BinaryHeap::new();
-        let push_pair = |heap: &mut BinaryHeap<std::cmp::Reverse<(u32, usize, u32, u32)>>,
-                         syms: &[Symbol],
-                         i: usize| {
-            if let Some(j) = syms[i].next {
-                if let Some(&(rank, _)) = self.merges.get(&(syms[i].id, syms[j].id)) {
-                    heap.push(std::cmp::Reverse((rank, i, syms[i].id, syms[j].id)));
+        let push_pair =
+            |heap: &mut BinaryHeap<std::cmp::Reverse<(u32, usize, u32, u32)>>, syms: &[Symbol], i: usize| {
+                if let Some(j) = syms[i].next {
+                    if let Some(&(rank, _)) = self.merges.get(&(syms[i].id, syms[j].id)) {
+                        heap.push(std::cmp::Reverse((rank, i, syms[i].id, syms[j].id)));
+                    }
                 }
-            }
-        };
+            };
         for i in 0..n {
             push_pair(&mut heap, &syms, i);
         }
