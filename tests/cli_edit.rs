@@ -228,6 +228,12 @@ fn bad_images_are_refused_with_their_name() {
         &format!("{}: not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)", text.display()),
     );
 
+    // Unreadable: a folder where a picture was expected (and, below, a file without read permission
+    // when the tests do not run as root).
+    let folder = d.join("folder.png");
+    std::fs::create_dir(&folder).unwrap();
+    expect_failure(&quick(d, folder.to_str().unwrap()), d, &format!("{}: Is a directory", folder.display()));
+
     let small = d.join("small.png");
     image::RgbImage::new(8, 12).save(&small).unwrap();
     expect_failure(
