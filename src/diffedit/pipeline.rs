@@ -63,7 +63,10 @@ impl Noise {
             }
             Ok(t.to_dtype(DType::F32)?)
         };
-        Ok(Self { vae_noise: take("vae_noise", &[1, c, h, w])?, mask_noise: take("mask_noise", &[samples, 1, c, h, w])? })
+        Ok(Self {
+            vae_noise: take("vae_noise", &[1, c, h, w])?,
+            mask_noise: take("mask_noise", &[samples, 1, c, h, w])?,
+        })
     }
 }
 
@@ -149,15 +152,21 @@ impl<'m> DiffEdit<'m> {
     /// `(mean + std * vae_noise) * scaling_factor` for `image` [1,3,H,W] in [-1,1].
     pub fn encode_image(&self, image: &Tensor, vae_noise: &Tensor) -> Result<Tensor> {
         let m = self.model;
-        let image = image.to_device(&m.device)?.to_dtype(m.dtype)?;
+        let image = image.to_device(&m.device)?.to_dtype(m.vae_dtype)?;
         let dist = m.vae.encode(&image)?;
-        let noise = vae_noise.to_device(&m.device)?.to_dtype(m.dtype)?;
+        let noise = vae_noise.to_device(&m.device)?.to_dtype(m.vae_dtype)?;
         let sample = (&dist.mean + (&dist.std * noise)?)?;
-        Ok((sample * m.vae.config.scaling_factor)?)
+        Ok((sample * m.vae.config.scaling_factor)?.to_dtype(m.dtype)?)
     }
 
     /// Step 1: the mask for `latents` under the two prompts.
-    pub fn mask(&self, latents: &Tensor, emb: &PromptEmbeddings, mask_noise: &Tensor, progress: &dyn Progress) -> Result<MaskOutput> {
+    pub fn mask(
+        &self,
+        latents: &Tensor,
+        emb: &PromptEmbeddings,
+        mask_noise: &Tensor,
+        progress: &dyn Progress,
+    ) -> Result<MaskOutput> {
         let t = mask_timestep(&self.timesteps, self.params.mask_timestep_index());
         let noise = mask_noise.to_device(&self.model.device)?.to_dtype(self.model.dtype)?;
         Ok(compute_mask(
@@ -175,7 +184,13 @@ impl<'m> DiffEdit<'m> {
     }
 
     /// Step 2: `n_steps` inversion steps on the source prompt.
-    pub fn invert(&self, latents: &Tensor, emb: &PromptEmbeddings, n_steps: usize, progress: &dyn Progress) -> Result<Vec<Tensor>> {
+    pub fn invert(
+        &self,
+        latents: &Tensor,
+        emb: &PromptEmbeddings,
+        n_steps: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Tensor>> {
         Ok(ddim_invert(
             &self.unet,
             &self.model.schedule,
@@ -201,7 +216,11 @@ impl<'m> DiffEdit<'m> {
     ) -> Result<Vec<Tensor>> {
         let alignment = self.params.alignment;
         let start = inverted.get(start_index(alignment, s)).ok_or_else(|| {
-            Error::invalid(format!("decoding {s} steps needs {} inverted latents, got {}", start_index(alignment, s) + 1, inverted.len()))
+            Error::invalid(format!(
+                "decoding {s} steps needs {} inverted latents, got {}",
+                start_index(alignment, s) + 1,
+                inverted.len()
+            ))
         })?;
         let blend = mask.map(|mask| Blend { mask, inverted, alignment });
         Ok(ddim_decode(
@@ -221,16 +240,27 @@ impl<'m> DiffEdit<'m> {
 
     /// The VAE decoder's output for scaled latents, before clamping: [1,3,H,W].
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
-        let z = (latents / self.model.vae.config.scaling_factor)?;
+        let z = (latents.to_dtype(self.model.vae_dtype)? / self.model.vae.config.scaling_factor)?;
         Ok(self.model.vae.decode(&z)?)
     }
 
     /// The whole edit of `image` [1,3,H,W] in [-1,1].
-    pub fn edit(&self, image: &Tensor, source: &str, target: &str, noise: &Noise, progress: &dyn Progress) -> Result<EditOutput> {
+    pub fn edit(
+        &self,
+        image: &Tensor,
+        source: &str,
+        target: &str,
+        noise: &Noise,
+        progress: &dyn Progress,
+    ) -> Result<EditOutput> {
         let (_, _, height, width) = image.dims4()?;
         let (c, h, w) = self.latent_shape(width, height);
         if noise.vae_noise.dims() != [1, c, h, w] {
-            return Err(Error::invalid(format!("vae_noise has shape {:?}, expected {:?}", noise.vae_noise.dims(), [1, c, h, w])));
+            return Err(Error::invalid(format!(
+                "vae_noise has shape {:?}, expected {:?}",
+                noise.vae_noise.dims(),
+                [1, c, h, w]
+            )));
         }
         if noise.mask_noise.dims() != [self.params.mask_samples, 1, c, h, w] {
             return Err(Error::invalid(format!(

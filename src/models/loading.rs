@@ -53,7 +53,11 @@ pub struct StableDiffusion {
     pub unet: UNet2DConditionModel,
     pub schedule: DdimSchedule,
     pub device: Device,
+    /// Compute dtype of the UNet and the text encoder.
     pub dtype: DType,
+    /// Compute dtype of the VAE: f32 when its config asks for `force_upcast` and the compute
+    /// dtype is f16 (SD's VAE overflows in f16), as diffusers' pipelines do.
+    pub vae_dtype: DType,
     pub origins: ComponentOrigins,
 }
 
@@ -65,19 +69,30 @@ pub fn tutorial_scheduler_config() -> DdimSchedulerConfig {
     serde_json::from_str(json).expect("the built-in scheduler config parses")
 }
 
-/// The subfolder holding a component inside `src`: `name/` when it has `probe` there (a whole
-/// diffusers model), else the root (a repo that holds only this component).
-fn component_subfolder(fetcher: &Fetcher, src: &ModelSource, name: &str, probe: &str) -> Result<String> {
-    if fetcher.get_optional(src, name, probe)?.is_some() {
-        Ok(name.to_string())
-    } else if fetcher.get_optional(src, "", probe)?.is_some() {
-        Ok(String::new())
-    } else {
-        Err(Error::Model(format!(
-            "{}: no {name} found (looked for {name}/{probe} and {probe})",
-            src.describe()
-        )))
+/// Like `get_optional`, but offline a file that is not cached counts as absent: probing for a
+/// layout must not fail on the layout the repo does not have. The error is kept for the message.
+fn probe(fetcher: &Fetcher, src: &ModelSource, sub: &str, file: &str) -> Result<(Option<PathBuf>, Option<Error>)> {
+    match fetcher.get_optional(src, sub, file) {
+        Ok(found) => Ok((found, None)),
+        Err(e) if fetcher.is_offline() => Ok((None, Some(e))),
+        Err(e) => Err(e),
     }
+}
+
+/// The subfolder holding a component inside `src`: `name/` when it has `probe_file` there (a
+/// whole diffusers model), else the root (a repo that holds only this component).
+fn component_subfolder(fetcher: &Fetcher, src: &ModelSource, name: &str, probe_file: &str) -> Result<String> {
+    let (in_sub, sub_err) = probe(fetcher, src, name, probe_file)?;
+    if in_sub.is_some() {
+        return Ok(name.to_string());
+    }
+    let (at_root, _) = probe(fetcher, src, "", probe_file)?;
+    if at_root.is_some() {
+        return Ok(String::new());
+    }
+    Err(sub_err.unwrap_or_else(|| {
+        Error::Model(format!("{}: no {name} found (looked for {name}/{probe_file} and {probe_file})", src.describe()))
+    }))
 }
 
 fn origin(src: &ModelSource, sub: &str) -> String {
@@ -129,7 +144,8 @@ impl StableDiffusion {
         let vae_cfg: AutoencoderKLConfig = read_config(&vae_cfg_path)?;
         check(&vae_cfg_path, vae_cfg.validate())?;
         let vae_weights = open_weights(&fetcher.weight_files(&vae_src, &vae_sub)?)?;
-        let vae = AutoencoderKL::new(vae_weights.var_builder(dtype, device), &vae_cfg)?;
+        let vae_dtype = if vae_cfg.force_upcast && dtype == DType::F16 { DType::F32 } else { dtype };
+        let vae = AutoencoderKL::new(vae_weights.var_builder(vae_dtype, device), &vae_cfg)?;
 
         let unet_sub = component_subfolder(fetcher, &unet_src, "unet", "config.json")?;
         let unet_cfg_path = fetcher.get(&unet_src, &unet_sub, "config.json")?;
@@ -177,7 +193,7 @@ impl StableDiffusion {
             tokenizer: origin(&tok_src, &tok_sub),
             scheduler: scheduler_origin,
         };
-        Ok(Self { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, origins })
+        Ok(Self { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, vae_dtype, origins })
     }
 
     /// Pixels per latent cell.
@@ -219,19 +235,23 @@ fn fetch_tokenizer_files(fetcher: &Fetcher, src: &ModelSource, sub: &str) -> Res
     let mut dir = None;
     let mut have_vocab = true;
     for name in ["tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"] {
-        match fetcher.get_optional(src, sub, name)? {
+        match probe(fetcher, src, sub, name)?.0 {
             Some(p) => dir = p.parent().map(Path::to_path_buf),
             None if name == "vocab.json" || name == "merges.txt" => have_vocab = false,
             None => {}
         }
     }
     if !have_vocab {
-        if let Some(p) = fetcher.get_optional(src, sub, "tokenizer.json")? {
-            dir = p.parent().map(Path::to_path_buf);
-        }
+        // No vocab.json + merges.txt: tokenizer.json must be there (its error names it).
+        let p = fetcher.get(src, sub, "tokenizer.json")?;
+        dir = p.parent().map(Path::to_path_buf);
     }
     dir.ok_or_else(|| {
-        Error::Model(format!("{}: no tokenizer files in {}", src.describe(), if sub.is_empty() { "the root" } else { sub }))
+        Error::Model(format!(
+            "{}: no tokenizer files in {}",
+            src.describe(),
+            if sub.is_empty() { "the root" } else { sub }
+        ))
     })
 }
 
