@@ -116,6 +116,11 @@ impl<'m> DiffEdit<'m> {
         self.unet.evaluations()
     }
 
+    /// The counted UNet, for samplers outside the edit (`experiments`).
+    pub fn denoiser(&self) -> &Counted<'m, StableDiffusion> {
+        &self.unet
+    }
+
     /// The schedule's timesteps for `params.steps`, descending.
     pub fn timesteps(&self) -> &[i64] {
         &self.timesteps

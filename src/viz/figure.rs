@@ -358,6 +358,26 @@ pub fn with_colorbar(picture: &RgbImage, table: &[[u8; 3]; 256], ticks: &[f32], 
 /// The ticks a colour bar of the normalised difference shows.
 pub const UNIT_TICKS: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
+/// A map of values in [0,1] on an `h` x `w` grid as gray levels at `width` x `height`, each
+/// cell a block (nearest sampling): the soft mask.
+pub fn gray_image(values: &[f32], h: usize, w: usize, width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let sx = ((x as u64 * w as u64) / width as u64).min(w as u64 - 1) as usize;
+        let sy = ((y as u64 * h as u64) / height as u64).min(h as u64 - 1) as usize;
+        let v = (values[sy * w + sx].clamp(0.0, 1.0) * 255.0).round() as u8;
+        Rgb([v, v, v])
+    })
+}
+
+/// The normalised difference (values in [0,1] on an `h` x `w` grid) for a picture of `width` x
+/// `height`: rendered in magma directly at the displayed size (smooth, not blocky) with a colour
+/// bar from 0 to 1.
+pub fn heatmap_tile(title: impl Into<String>, values: &[f32], h: usize, w: usize, width: u32, height: u32, style: &Style) -> Tile {
+    let k = style.scale_factor(width, height);
+    let heat = super::heatmap_image(values, h, w, width * k, height * k);
+    Tile::new(title, with_colorbar(&heat, &super::colormaps::MAGMA, &UNIT_TICKS, style))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
