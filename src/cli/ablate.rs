@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::edit::EditFlags;
 use super::shared::{
-    check_outputs, edit_heading, edit_noise, load, parse_list, picture_tile, print_summary, warn_truncated, PictureArgs,
-    Written,
+    check_outputs, edit_heading, edit_noise, load, parse_list, picture_tile, print_summary, warn_truncated,
+    PictureArgs, Written,
 };
 use super::{default_out, ModelArgs, OutputArgs};
 use crate::diffedit::experiments::{ablate, latents_to_image, prepare, ratio_steps, Ledger};
@@ -58,7 +58,8 @@ pub fn run(args: &AblateArgs) -> Result<()> {
 
     let style = figure::Style::default();
     let (_, _, mask) = map_values(&prepared.mask.mask)?;
-    let mut tiles = vec![picture_tile(format!("source · mask {:.1}%", viz::coverage(&mask) * 100.0), &l.processed, &style)];
+    let mut tiles =
+        vec![picture_tile(format!("source · mask {:.1}%", viz::coverage(&mask) * 100.0), &l.processed, &style)];
     let mut rows = Vec::with_capacity(runs.len());
     for run in &runs {
         let picture = ledger.run(&pipeline, "vae_decode", || latents_to_image(&pipeline, &run.latents))?;

@@ -24,7 +24,7 @@ pub struct CompareArgs {
     pub out: Option<PathBuf>,
     /// Also decode with the mask blurred by a Gaussian of this sigma (latent cells) and show the
     /// soft mask and its result beside the hard ones.
-    #[arg(long, value_name = "SIGMA")]
+    #[arg(long, value_name = "SIGMA", allow_negative_numbers = true)]
     pub mask_blur: Option<f64>,
     #[command(flatten)]
     pub model: ModelArgs,

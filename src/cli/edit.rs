@@ -54,7 +54,7 @@ pub struct EditArgs {
     #[arg(long, value_name = "PATH")]
     pub save_steps: Option<PathBuf>,
     /// Decode with the mask blurred by a Gaussian of this sigma (latent cells): a soft mask.
-    #[arg(long, value_name = "SIGMA")]
+    #[arg(long, value_name = "SIGMA", allow_negative_numbers = true)]
     pub mask_blur: Option<f64>,
     #[command(flatten)]
     pub output: OutputArgs,

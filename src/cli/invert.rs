@@ -103,12 +103,15 @@ pub fn run(args: &InvertArgs) -> Result<()> {
         uncond: prompt.uncond.clone(),
         truncated: Vec::new(),
     };
-    let inverted = ledger.run(&pipeline, "inversion", || pipeline.invert(&latents, &emb, args.steps, progress.as_ref()))?;
+    let inverted =
+        ledger.run(&pipeline, "inversion", || pipeline.invert(&latents, &emb, args.steps, progress.as_ref()))?;
 
     let style = figure::Style::default();
     let mut written = Written::default();
     let n = inverted.len() - 1;
-    let indices = evenly_spaced(inverted.len(), args.strip_tiles);
+    let mut indices = evenly_spaced(inverted.len(), args.strip_tiles);
+    // Fewer latents than tiles would repeat some.
+    indices.dedup();
     let mut tiles = Vec::with_capacity(indices.len());
     for &k in &indices {
         let picture = ledger.run(&pipeline, "vae_decode", || latents_to_image(&pipeline, &inverted[k]))?;
@@ -119,7 +122,8 @@ pub fn run(args: &InvertArgs) -> Result<()> {
 
     let mut check = serde_json::Value::Null;
     if args.check {
-        let z = ledger.run(&pipeline, "reconstruction", || reconstruct(&pipeline, &inverted, &prompt, progress.as_ref()))?;
+        let z = ledger
+            .run(&pipeline, "reconstruction", || reconstruct(&pipeline, &inverted, &prompt, progress.as_ref()))?;
         let rebuilt = ledger.run(&pipeline, "vae_decode", || latents_to_image(&pipeline, &z))?;
         let db = psnr(&l.processed, &rebuilt)?;
         let tiles = vec![

@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::edit::EditFlags;
 use super::shared::{
-    check_outputs, edit_heading, edit_noise, load, parse_list, picture_tile, print_summary, warn_truncated, PictureArgs,
-    Written,
+    check_outputs, edit_heading, edit_noise, load, parse_list, picture_tile, print_summary, warn_truncated,
+    PictureArgs, Written,
 };
 use super::{default_out, ModelArgs, OutputArgs};
 use crate::diffedit::experiments::{prepare, threshold_sweep, Ledger};

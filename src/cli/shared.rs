@@ -41,7 +41,10 @@ impl PictureArgs {
         check_prompts(&self.source, &self.target)?;
         if let Some(noise) = &self.noise {
             if !noise.is_file() {
-                return Err(Error::io(noise, std::io::Error::new(std::io::ErrorKind::NotFound, "noise file not found")));
+                return Err(Error::io(
+                    noise,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "noise file not found"),
+                ));
             }
         }
         if let Some(s) = &self.size {

@@ -113,7 +113,12 @@ pub fn encode_single(pipeline: &DiffEdit, prompt: &str, flag: &str) -> Result<Si
 
 /// Text-to-image: guided DDIM over the whole schedule from `noise` [1,C,h,w] (DDIM's initial
 /// noise sigma is 1). Returns every latent, `[noise, x1, ..., x_steps]`.
-pub fn generate(pipeline: &DiffEdit, prompt: &SinglePrompt, noise: &Tensor, progress: &dyn Progress) -> Result<Vec<Tensor>> {
+pub fn generate(
+    pipeline: &DiffEdit,
+    prompt: &SinglePrompt,
+    noise: &Tensor,
+    progress: &dyn Progress,
+) -> Result<Vec<Tensor>> {
     let m = pipeline.model;
     let start = noise.to_device(&m.device)?.to_dtype(m.dtype)?;
     let steps = pipeline.params.steps;
@@ -168,7 +173,12 @@ pub fn plain_decode(
 
 /// The inversion check: decode the last inverted latent over the whole schedule on the same
 /// prompt at guidance 1; a faithful inversion gives the source back.
-pub fn reconstruct(pipeline: &DiffEdit, inverted: &[Tensor], prompt: &SinglePrompt, progress: &dyn Progress) -> Result<Tensor> {
+pub fn reconstruct(
+    pipeline: &DiffEdit,
+    inverted: &[Tensor],
+    prompt: &SinglePrompt,
+    progress: &dyn Progress,
+) -> Result<Tensor> {
     let last = inverted.last().ok_or_else(|| Error::invalid("the inversion produced no latent"))?;
     let history = plain_decode(pipeline, last, pipeline.params.steps, &prompt.cond, &prompt.uncond, 1.0, progress)?;
     Ok(history.last().cloned().unwrap_or_else(|| last.clone()))
@@ -178,7 +188,11 @@ pub fn reconstruct(pipeline: &DiffEdit, inverted: &[Tensor], prompt: &SingleProm
 /// they are identical).
 pub fn psnr(a: &RgbImage, b: &RgbImage) -> Result<f64> {
     if a.dimensions() != b.dimensions() {
-        return Err(Error::invalid(format!("PSNR of pictures of different sizes: {:?} and {:?}", a.dimensions(), b.dimensions())));
+        return Err(Error::invalid(format!(
+            "PSNR of pictures of different sizes: {:?} and {:?}",
+            a.dimensions(),
+            b.dimensions()
+        )));
     }
     let n = a.as_raw().len() as f64;
     let se: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
@@ -301,7 +315,11 @@ pub fn check_noise(pipeline: &DiffEdit, image: &Tensor, noise: &Noise) -> Result
     let (_, _, height, width) = image.dims4()?;
     let (c, h, w) = pipeline.latent_shape(width, height);
     if noise.vae_noise.dims() != [1, c, h, w] {
-        return Err(Error::invalid(format!("vae_noise has shape {:?}, expected {:?}", noise.vae_noise.dims(), [1, c, h, w])));
+        return Err(Error::invalid(format!(
+            "vae_noise has shape {:?}, expected {:?}",
+            noise.vae_noise.dims(),
+            [1, c, h, w]
+        )));
     }
     let n = pipeline.params.mask_samples;
     if noise.mask_noise.dims() != [n, 1, c, h, w] {
@@ -459,17 +477,20 @@ pub fn compare(
     let emb = &prepared.embeddings;
     let inverted = ledger.run(pipeline, "inversion", || pipeline.invert(&prepared.latents, emb, k, progress))?;
     let last = |h: Vec<Tensor>| h.last().cloned().ok_or_else(|| Error::invalid("decoding produced no latent"));
-    let diffedit =
-        last(ledger.run(pipeline, "decoding", || pipeline.decode(&inverted, Some(&prepared.mask.mask), s, emb, progress))?)?;
+    let diffedit = last(
+        ledger.run(pipeline, "decoding", || pipeline.decode(&inverted, Some(&prepared.mask.mask), s, emb, progress))?,
+    )?;
     let img2img = match img2img_noise {
-        Some(noise) => {
-            Some(last(ledger.run(pipeline, "img2img", || img2img(pipeline, &prepared.latents, emb, noise, s, progress))?)?)
-        }
+        Some(noise) => Some(last(
+            ledger.run(pipeline, "img2img", || img2img(pipeline, &prepared.latents, emb, noise, s, progress))?,
+        )?),
         None => None,
     };
     let soft = match soft_mask {
         Some(m) => {
-            let z = last(ledger.run(pipeline, "decoding_soft", || pipeline.decode(&inverted, Some(&m), s, emb, progress))?)?;
+            let z = last(
+                ledger.run(pipeline, "decoding_soft", || pipeline.decode(&inverted, Some(&m), s, emb, progress))?,
+            )?;
             Some((m, z))
         }
         None => None,
@@ -500,8 +521,8 @@ pub fn edit_with_blurred_mask(
     let inverted =
         ledger.run(pipeline, "inversion", || pipeline.invert(&prepared.latents, &prepared.embeddings, k, progress))?;
     let s = pipeline.params.start_step();
-    let decoded_latents =
-        ledger.run(pipeline, "decoding", || pipeline.decode(&inverted, Some(&soft), s, &prepared.embeddings, progress))?;
+    let decoded_latents = ledger
+        .run(pipeline, "decoding", || pipeline.decode(&inverted, Some(&soft), s, &prepared.embeddings, progress))?;
     let last = decoded_latents.last().ok_or_else(|| Error::invalid("decoding produced no latent"))?;
     let decoded = ledger.run(pipeline, "vae_decode", || pipeline.decode_latents(last))?;
     let seconds = |stage: &str| ledger.stages.iter().filter(|r| r.stage == stage).map(|r| r.seconds).sum();

@@ -372,7 +372,15 @@ pub fn gray_image(values: &[f32], h: usize, w: usize, width: u32, height: u32) -
 /// The normalised difference (values in [0,1] on an `h` x `w` grid) for a picture of `width` x
 /// `height`: rendered in magma directly at the displayed size (smooth, not blocky) with a colour
 /// bar from 0 to 1.
-pub fn heatmap_tile(title: impl Into<String>, values: &[f32], h: usize, w: usize, width: u32, height: u32, style: &Style) -> Tile {
+pub fn heatmap_tile(
+    title: impl Into<String>,
+    values: &[f32],
+    h: usize,
+    w: usize,
+    width: u32,
+    height: u32,
+    style: &Style,
+) -> Tile {
     let k = style.scale_factor(width, height);
     let heat = super::heatmap_image(values, h, w, width * k, height * k);
     Tile::new(title, with_colorbar(&heat, &super::colormaps::MAGMA, &UNIT_TICKS, style))
