@@ -164,8 +164,9 @@ pub fn check_output_path(path: &Path, flag: &str) -> Result<()> {
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
+    let suffix = format!(".{ext}");
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".diffedit-").suffix(&format!(".{ext}"));
+    builder.prefix(".diffedit-").suffix(&suffix);
     // A finished output is an ordinary file (0666 less the umask, applied by open(2)), not the
     // temp file's default 0600.
     #[cfg(unix)]
