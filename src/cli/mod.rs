@@ -1,5 +1,6 @@
 //! The `diffedit` command line: argument parsing, then one call into the library per command.
 
+mod bench;
 mod edit;
 mod progress;
 
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Edit a picture: find where SOURCE and TARGET disagree and repaint only there.
     Edit(edit::EditArgs),
+    /// Time the full-size SD 1.5 components with random weights (nothing downloaded).
+    Bench(bench::BenchArgs),
 }
 
 /// Which model to run, and where.
@@ -129,6 +132,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Edit(args) => edit::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => 0,

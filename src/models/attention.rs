@@ -7,7 +7,9 @@
 //! kernel (flash attention on CUDA, say) can replace it in one place.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, LayerNorm, Linear, VarBuilder};
+
+use crate::kernels::{self, GroupNorm};
 
 /// Upper bound, in bytes, for one block of f32 attention scores. Queries are processed in chunks
 /// so that `batch * heads * chunk * keys * 4` stays under it: SD at 64x64 latents has 4096 tokens,
@@ -241,7 +243,7 @@ pub struct Transformer2DModel {
 impl Transformer2DModel {
     pub fn new(vb: VarBuilder, in_channels: usize, cfg: &TransformerConfig) -> Result<Self> {
         let inner_dim = cfg.heads * cfg.dim_head;
-        let norm = candle_nn::group_norm(cfg.norm_num_groups, in_channels, 1e-6, vb.pp("norm"))?;
+        let norm = kernels::group_norm(cfg.norm_num_groups, in_channels, 1e-6, vb.pp("norm"))?;
         let proj_in = Projection::new(vb.pp("proj_in"), cfg.use_linear_projection, in_channels, inner_dim)?;
         let blocks = (0..cfg.num_layers)
             .map(|i| BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(i), inner_dim, cfg))
@@ -260,7 +262,7 @@ impl Transformer2DModel {
             t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Conv(conv) => to_tokens(&kernels::conv2d(conv, &normed)?)?,
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
@@ -271,7 +273,7 @@ impl Transformer2DModel {
             t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
         };
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&from_tokens(&tokens)?)?,
+            Projection::Conv(conv) => kernels::conv2d(conv, &from_tokens(&tokens)?)?,
             Projection::Linear(lin) => from_tokens(&lin.forward(&tokens)?)?,
         };
         out + xs

@@ -2,7 +2,9 @@
 //! and `Upsample2D`, with diffusers' weight names.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::kernels::{self, GroupNorm};
 
 /// diffusers' `ResnetBlock2D` with `time_embedding_norm = "default"` (additive time embedding,
 /// or none for the VAE) and a 1x1 `conv_shortcut` when the channel count changes.
@@ -31,11 +33,11 @@ pub struct ResnetConfig {
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
         let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
-        let norm1 = candle_nn::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
+        let norm1 = kernels::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
         let conv1 = candle_nn::conv2d(cfg.in_channels, cfg.out_channels, 3, conv3, vb.pp("conv1"))?;
         let time_emb_proj =
             cfg.temb_channels.map(|t| candle_nn::linear(t, cfg.out_channels, vb.pp("time_emb_proj"))).transpose()?;
-        let norm2 = candle_nn::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
+        let norm2 = kernels::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
         let conv2 = candle_nn::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
         let conv_shortcut = (cfg.in_channels != cfg.out_channels)
             .then(|| {
@@ -55,16 +57,16 @@ impl ResnetBlock2D {
 
     /// `temb` is the (not yet activated) time embedding `[B, temb_channels]`, or `None`.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = candle_nn::ops::silu(&self.norm1.forward(xs)?)?;
-        let mut h = self.conv1.forward(&h)?;
+        let h = self.norm1.forward_silu(xs)?;
+        let mut h = kernels::conv2d(&self.conv1, &h)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
             h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
         }
-        let h = candle_nn::ops::silu(&self.norm2.forward(&h)?)?;
-        let h = self.conv2.forward(&h)?;
+        let h = self.norm2.forward_silu(&h)?;
+        let h = kernels::conv2d(&self.conv2, &h)?;
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(xs)?,
+            Some(conv) => kernels::conv2d(conv, xs)?,
             None => xs.clone(),
         };
         let out = (shortcut + h)?;
@@ -94,9 +96,9 @@ impl Downsample2D {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.padding == 0 {
             let xs = xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
-            self.conv.forward(&xs)
+            kernels::conv2d(&self.conv, &xs)
         } else {
-            self.conv.forward(xs)
+            kernels::conv2d(&self.conv, xs)
         }
     }
 }
@@ -120,6 +122,6 @@ impl Upsample2D {
         let (_, _, h, w) = xs.dims4()?;
         let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
         let xs = xs.upsample_nearest2d(oh, ow)?;
-        self.conv.forward(&xs)
+        kernels::conv2d(&self.conv, &xs)
     }
 }

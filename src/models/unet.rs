@@ -10,8 +10,9 @@
 //! a message naming the config key.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 
+use crate::kernels::{self, GroupNorm};
 use crate::models::attention::{Transformer2DModel, TransformerConfig};
 use crate::models::config::PerBlock;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
@@ -604,7 +605,7 @@ impl UNet2DConditionModel {
             up_blocks.push(UpBlock { resnets, attentions, upsampler });
         }
 
-        let conv_norm_out = candle_nn::group_norm(groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = kernels::group_norm(groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = candle_nn::conv2d(
             ch[0],
             c.out_channels,
@@ -656,7 +657,7 @@ impl UNet2DConditionModel {
         // [1, temb]: the ResNets broadcast it over the batch.
         let temb = self.time_embedding.forward(&t_emb)?;
 
-        let mut xs = self.conv_in.forward(&sample)?;
+        let mut xs = kernels::conv2d(&self.conv_in, &sample)?;
         let mut skips = vec![xs.clone()];
         for block in &self.down_blocks {
             let (out, block_skips) = block.forward(&xs, &temb, &context)?;
@@ -678,8 +679,8 @@ impl UNet2DConditionModel {
             xs = block.forward(&xs, &block_skips, &temb, &context, upsample_size)?;
         }
 
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
+        kernels::conv2d(&self.conv_out, &xs)
     }
 
     /// The dtype the weights were loaded in.

@@ -6,7 +6,9 @@
 //! `scaling_factor` (and `shift_factor`) is the caller's business, as in diffusers.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::kernels::{self, GroupNorm};
 
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 
@@ -204,7 +206,7 @@ struct SpatialSelfAttention {
 impl SpatialSelfAttention {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            group_norm: candle_nn::group_norm(groups, channels, VAE_EPS, vb.pp("group_norm"))?,
+            group_norm: kernels::group_norm(groups, channels, VAE_EPS, vb.pp("group_norm"))?,
             to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
             to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
             to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
@@ -219,6 +221,13 @@ impl SpatialSelfAttention {
         let tokens = self.group_norm.forward(xs)?.reshape((b, c, n))?.transpose(1, 2)?.contiguous()?;
         // Scaling q before the product (rather than the scores after) keeps f16 scores in range.
         let q = (self.to_q.forward(&tokens)? * (c as f64).powf(-0.5))?;
+        if kernels::use_kernels(&q) {
+            let k = self.to_k.forward(&tokens)?;
+            let v = self.to_v.forward(&tokens)?;
+            let attended = kernels::attention::attention_f32(&q, &k, &v, 1.0)?;
+            let out = self.to_out.forward(&attended)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+            return out + xs;
+        }
         let k_t = self.to_k.forward(&tokens)?.transpose(1, 2)?.contiguous()?;
         let v = self.to_v.forward(&tokens)?;
         // Each query row's softmax only needs its own scores, so chunking queries changes nothing
@@ -362,20 +371,20 @@ impl Encoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let mid_block = MidBlock::new(vb.pp("mid_block"), config, last)?;
-        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, last, VAE_EPS, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = kernels::group_norm(config.norm_num_groups, last, VAE_EPS, vb.pp("conv_norm_out"))?;
         // Mean and log-variance for every latent channel.
         let conv_out = conv3x3(vb.pp("conv_out"), last, 2 * config.latent_channels)?;
         Ok(Self { conv_in, down_blocks, mid_block, conv_norm_out, conv_out })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.conv_in.forward(xs)?;
+        let mut xs = kernels::conv2d(&self.conv_in, xs)?;
         for block in &self.down_blocks {
             xs = block.forward(&xs)?;
         }
         let xs = self.mid_block.forward(&xs)?;
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
+        kernels::conv2d(&self.conv_out, &xs)
     }
 }
 
@@ -401,19 +410,19 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let first = config.block_out_channels[0];
-        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, first, VAE_EPS, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = kernels::group_norm(config.norm_num_groups, first, VAE_EPS, vb.pp("conv_norm_out"))?;
         let conv_out = conv3x3(vb.pp("conv_out"), first, config.out_channels)?;
         Ok(Self { conv_in, mid_block, up_blocks, conv_norm_out, conv_out })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = self.conv_in.forward(xs)?;
+        let xs = kernels::conv2d(&self.conv_in, xs)?;
         let mut xs = self.mid_block.forward(&xs)?;
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
+        kernels::conv2d(&self.conv_out, &xs)
     }
 }
 
@@ -456,7 +465,7 @@ impl AutoencoderKL {
         }
         let moments = self.encoder.forward(image)?;
         let moments = match &self.quant_conv {
-            Some(conv) => conv.forward(&moments)?,
+            Some(conv) => kernels::conv2d(conv, &moments)?,
             None => moments,
         };
         LatentDistribution::from_moments(&moments)
@@ -473,7 +482,7 @@ impl AutoencoderKL {
             )));
         }
         let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(latents)?,
+            Some(conv) => kernels::conv2d(conv, latents)?,
             None => latents.clone(),
         };
         self.decoder.forward(&z)
