@@ -3,9 +3,9 @@
 //! block at a time by the GEMM's B packer and the output is written in NCHW directly (no
 //! transposes, no full im2col matrix).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::gemm::{gemm_packed, PackB, PackedA, NR};
+use super::gemm::{gemm_packed, BSrc, PackB, PackedA, NR};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConvParams {
@@ -111,59 +111,108 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-fn conv_cpu(
-    p: ConvParams,
-    x: (&CpuStorage, &Layout),
-    w: (&CpuStorage, &Layout),
-    bias: Option<(&CpuStorage, &Layout)>,
-) -> Result<(CpuStorage, Shape)> {
-    let xs = f32_slice(x.0, x.1, "input")?;
-    let ws = f32_slice(w.0, w.1, "weight")?;
-    let (batch, c_in, h, wd) = x.1.shape().dims4()?;
-    let (c_out, wc_in, kh, kw) = w.1.shape().dims4()?;
-    if wc_in != c_in {
-        candle_core::bail!("conv2d kernel: input has {c_in} channels, weight expects {wc_in}");
-    }
-    if h + 2 * p.padding < kh || wd + 2 * p.padding < kw {
-        candle_core::bail!("conv2d kernel: input smaller than the kernel");
-    }
-    let oh = (h + 2 * p.padding - kh) / p.stride + 1;
-    let ow = (wd + 2 * p.padding - kw) / p.stride + 1;
-    let n = oh * ow;
-    let k = c_in * kh * kw;
-    let mut out = vec![0f32; batch * c_out * n];
-    if let Some((bs, bl)) = bias {
-        let bv = f32_slice(bs, bl, "bias")?;
-        for (i, row) in out.chunks_mut(n).enumerate() {
-            row.fill(bv[i % c_out]);
-        }
-    }
-    let a = PackedA::new(ws, c_out, k, k, 1);
-    if kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0 {
-        gemm_packed(&a, &Plain { x: xs, k, n }, batch, n, &mut out);
-    } else {
-        let g = Geometry { c_in, h, w: wd, kh, kw, ow, stride: p.stride, pad: p.padding };
-        gemm_packed(&a, &Im2Col { x: xs, g: &g }, batch, n, &mut out);
-    }
-    Ok((CpuStorage::F32(out), Shape::from((batch, c_out, oh, ow))))
+/// A convolution's weights packed once for the GEMM (the layer keeps only these on the kernel
+/// path, so packing costs neither time per call nor extra memory).
+pub struct PackedConv {
+    a: PackedA,
+    pub c_out: usize,
+    pub c_in: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub p: ConvParams,
 }
 
-struct ConvOp(ConvParams);
+impl PackedConv {
+    /// `weight`: contiguous f32 `[C_out, C_in, kh, kw]`.
+    pub fn new(weight: &Tensor, p: ConvParams) -> Result<Self> {
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
+        let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let k = c_in * kh * kw;
+        Ok(Self { a: PackedA::new(&w, c_out, k, k, 1), c_out, c_in, kh, kw, p })
+    }
 
-impl CustomOp2 for ConvOp {
+    /// `bias`: `[C_out]`, `[1, C_out]` or `[B, C_out]` (the layer's bias with a per-item term
+    /// folded in); `residual`: `[B, C_out, oh, ow]`, added to the output.
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(x.0, x.1, "input")?;
+        let (batch, c_in, h, wd) = x.1.shape().dims4()?;
+        let (p, kh, kw, c_out) = (self.p, self.kh, self.kw, self.c_out);
+        if c_in != self.c_in {
+            candle_core::bail!("conv2d kernel: input has {c_in} channels, weight expects {}", self.c_in);
+        }
+        if h + 2 * p.padding < kh || wd + 2 * p.padding < kw {
+            candle_core::bail!("conv2d kernel: input smaller than the kernel");
+        }
+        let oh = (h + 2 * p.padding - kh) / p.stride + 1;
+        let ow = (wd + 2 * p.padding - kw) / p.stride + 1;
+        let n = oh * ow;
+        let k = c_in * kh * kw;
+        let mut out = match residual {
+            Some((rs, rl)) => {
+                if rl.shape().dims() != [batch, c_out, oh, ow] {
+                    candle_core::bail!(
+                        "conv2d kernel: residual {:?}, output [{batch}, {c_out}, {oh}, {ow}]",
+                        rl.shape()
+                    );
+                }
+                f32_slice(rs, rl, "residual")?.to_vec()
+            }
+            None => vec![0f32; batch * c_out * n],
+        };
+        if let Some((bs, bl)) = bias {
+            let bv = f32_slice(bs, bl, "bias")?;
+            if bv.len() != c_out && bv.len() != batch * c_out {
+                candle_core::bail!("conv2d kernel: bias {:?} for {batch} x {c_out} outputs", bl.shape());
+            }
+            let per_item = bv.len() == batch * c_out;
+            for (i, row) in out.chunks_mut(n).enumerate() {
+                let bias = if per_item { bv[i] } else { bv[i % c_out] };
+                if residual.is_some() {
+                    row.iter_mut().for_each(|v| *v += bias);
+                } else {
+                    row.fill(bias);
+                }
+            }
+        }
+        if kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0 {
+            gemm_packed(&self.a, BSrc::Pack(&Plain { x: xs, k, n }), batch, n, &mut out);
+        } else {
+            let g = Geometry { c_in, h, w: wd, kh, kw, ow, stride: p.stride, pad: p.padding };
+            gemm_packed(&self.a, BSrc::Pack(&Im2Col { x: xs, g: &g }), batch, n, &mut out);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((batch, c_out, oh, ow))))
+    }
+}
+
+struct ConvOp<'a>(&'a PackedConv);
+
+impl CustomOp1 for ConvOp<'_> {
     fn name(&self) -> &'static str {
         "diffedit-conv2d"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        conv_cpu(self.0, (s1, l1), (s2, l2), None)
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), None, None)
     }
 }
 
-impl CustomOp3 for ConvOp {
+impl CustomOp2 for ConvOp<'_> {
     fn name(&self) -> &'static str {
         "diffedit-conv2d-bias"
     }
-    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), Some((s2, l2)), None)
+    }
+}
+
+impl CustomOp3 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "diffedit-conv2d-bias-residual"
+    }
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -173,16 +222,21 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        conv_cpu(self.0, (s1, l1), (s2, l2), Some((s3, l3)))
+        self.0.run((s1, l1), Some((s2, l2)), Some((s3, l3)))
     }
 }
 
-/// The convolution on the kernel path; the caller has checked [`super::use_kernels`].
-pub fn conv2d_f32(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> Result<Tensor> {
+/// The convolution on the kernel path (`x`: f32 on the CPU), plus `bias` (`[C_out]` or
+/// `[B, C_out]`) and `residual` (the output's shape) when given.
+pub fn conv2d_packed(x: &Tensor, w: &PackedConv, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
     let x = x.contiguous()?;
-    let weight = weight.contiguous()?;
-    match bias {
-        Some(b) => x.apply_op3_no_bwd(&weight, &b.contiguous()?, &ConvOp(p)),
-        None => x.apply_op2_no_bwd(&weight, &ConvOp(p)),
+    match (bias, residual) {
+        (Some(b), Some(r)) => x.apply_op3_no_bwd(&b.contiguous()?, &r.contiguous()?, &ConvOp(w)),
+        (None, Some(r)) => {
+            let zero = Tensor::zeros(w.c_out, candle_core::DType::F32, x.device())?;
+            x.apply_op3_no_bwd(&zero, &r.contiguous()?, &ConvOp(w))
+        }
+        (Some(b), None) => x.apply_op2_no_bwd(&b.contiguous()?, &ConvOp(w)),
+        (None, None) => x.apply_op1_no_bwd(&ConvOp(w)),
     }
 }

@@ -66,6 +66,39 @@ pub trait PackB: Sync {
     fn pack(&self, b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]);
 }
 
+/// B packed once (a layer's constant weights): panel j holds, for every k, the NR values
+/// `B[k][j*NR + c]` (zero past N), so any `kc x NR` micro-panel is a contiguous slice.
+pub struct PackedB {
+    data: Vec<f32>,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl PackedB {
+    /// `b[kk * ks + nn * ns]` is `B[kk][nn]`.
+    pub fn new(b: &[f32], k: usize, n: usize, ks: usize, ns: usize) -> Self {
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        data.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
+            for c in 0..NR.min(n - j * NR) {
+                let col = (j * NR + c) * ns;
+                for kk in 0..k {
+                    panel[kk * NR + c] = b[col + kk * ks];
+                }
+            }
+        });
+        Self { data, k, n }
+    }
+}
+
+/// Where the GEMM's B comes from.
+pub enum BSrc<'a> {
+    /// Packed block by block as the GEMM goes (convolution inputs).
+    Pack(&'a dyn PackB),
+    /// Packed beforehand (weights).
+    Packed(&'a PackedB),
+}
+
 /// Shares the output between tasks that write disjoint tiles of it.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -73,7 +106,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// `C_b += A * B_b` for every batch item b; C_b is `c[b * m * n ..]`, row-major `[M, N]`.
-pub fn gemm_packed(a: &PackedA, bsrc: &dyn PackB, batch: usize, n: usize, c: &mut [f32]) {
+pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32]) {
     let (m, k) = (a.m, a.k);
     assert!(c.len() >= batch * m * n);
     if m == 0 || n == 0 || k == 0 {
@@ -83,15 +116,19 @@ pub fn gemm_packed(a: &PackedA, bsrc: &dyn PackB, batch: usize, n: usize, c: &mu
     let n_tiles = n.div_ceil(NC);
     let m_panels = m.div_ceil(MR);
     // Split M only when there are too few column tiles to keep every thread busy: each M chunk
-    // packs its own copy of B.
-    let want = 3 * threads;
+    // packs its own copy of B (prepacked B costs nothing to share, so split more freely).
+    let want = match bsrc {
+        BSrc::Pack(_) => 3 * threads,
+        BSrc::Packed(_) => 8 * threads,
+    };
     let m_chunks = if batch * n_tiles >= want { 1 } else { want.div_ceil(batch * n_tiles).min(m_panels) };
     let panels_per_chunk = m_panels.div_ceil(m_chunks);
     let m_chunks = m_panels.div_ceil(panels_per_chunk);
     let out = OutPtr(c.as_mut_ptr());
     let tasks = batch * n_tiles * m_chunks;
+    let buf_len = if matches!(bsrc, BSrc::Pack(_)) { KC * NC } else { 0 };
     (0..tasks).into_par_iter().for_each_init(
-        || vec![0f32; KC * NC],
+        || vec![0f32; buf_len],
         |buf, t| {
             let out = out;
             let mc = t % m_chunks;
@@ -105,13 +142,18 @@ pub fn gemm_packed(a: &PackedA, bsrc: &dyn PackB, batch: usize, n: usize, c: &mu
             let mut k0 = 0;
             while k0 < k {
                 let kc = KC.min(k - k0);
-                bsrc.pack(b, k0, kc, n0, nc, buf);
+                if let BSrc::Pack(p) = &bsrc {
+                    p.pack(b, k0, kc, n0, nc, buf);
+                }
                 for p in p0..p1 {
                     let rows = MR.min(m - p * MR);
                     let ap = a.panel(p, k0);
                     for j in 0..nc.div_ceil(NR) {
                         let cols = NR.min(nc - j * NR);
-                        let bp = &buf[j * kc * NR..];
+                        let bp = match &bsrc {
+                            BSrc::Pack(_) => &buf[j * kc * NR..],
+                            BSrc::Packed(pb) => &pb.data[(n0 / NR + j) * k * NR + k0 * NR..],
+                        };
                         unsafe {
                             let cp = c_b.add(p * MR * n + n0 + j * NR);
                             micro(kc, ap.as_ptr(), bp.as_ptr(), cp, n, rows, cols);

@@ -10,20 +10,37 @@
 pub mod attention;
 pub mod conv;
 pub mod gemm;
+pub mod linear;
 pub mod norm;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 /// Whether the kernels are usable at all here (CPU features, `DIFFEDIT_KERNELS`).
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
         let off = std::env::var("DIFFEDIT_KERNELS").map(|v| v == "0" || v == "off").unwrap_or(false);
-        !off && gemm::available()
+        let on = !off && gemm::available();
+        if on {
+            tune_allocator();
+        }
+        on
     })
+}
+
+/// candle allocates a fresh buffer for every op's output; glibc serves large ones with mmap and
+/// unmaps them on free, so every op page-faults its output in again (a fifth of the UNet's time
+/// went to the kernel's page-fault path). Raising the mmap threshold to glibc's maximum (32 MiB)
+/// and not trimming the heap lets freed buffers be reused.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
 
 /// Whether `t` takes the kernel path: f32 on the CPU, kernels enabled.
@@ -31,15 +48,154 @@ pub fn use_kernels(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && enabled()
 }
 
-/// `conv.forward(x)` through the implicit-GEMM kernel where it applies.
-pub fn conv2d(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
-    let cfg = conv.config();
-    if use_kernels(x) && conv.weight().dtype() == DType::F32 && cfg.groups == 1 && cfg.dilation == 1 {
-        let p = conv::ConvParams { stride: cfg.stride, padding: cfg.padding };
-        conv::conv2d_f32(x, conv.weight(), conv.bias(), p)
-    } else {
-        conv.forward(x)
+/// A 2-D convolution layer with candle-nn's weight names and init hints. Where the kernels apply
+/// (f32 weights on the CPU, groups 1, dilation 1) the weights are packed for the GEMM at load
+/// time and only the packed copy is kept; elsewhere it is candle-nn's `Conv2d`.
+#[derive(Clone)]
+pub enum Conv2d {
+    Packed { w: Arc<conv::PackedConv>, bias: Option<Tensor> },
+    Stock(candle_nn::Conv2d),
+}
+
+impl std::fmt::Debug for Conv2d {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Packed { w, .. } => write!(f, "Conv2d(packed {}x{}x{}x{})", w.c_out, w.c_in, w.kh, w.kw),
+            Self::Stock(c) => write!(f, "{c:?}"),
+        }
     }
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
+        if use_kernels(&weight) && cfg.groups == 1 && cfg.dilation == 1 {
+            let p = conv::ConvParams { stride: cfg.stride, padding: cfg.padding };
+            Ok(Self::Packed { w: Arc::new(conv::PackedConv::new(&weight, p)?), bias })
+        } else {
+            Ok(Self::Stock(candle_nn::Conv2d::new(weight, bias, cfg)))
+        }
+    }
+
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Packed { .. } => DType::F32,
+            Self::Stock(c) => c.weight().dtype(),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed { w, bias } => {
+                if x.dtype() != DType::F32 || !x.device().is_cpu() {
+                    candle_core::bail!(
+                        "conv2d: the layer is f32 on the CPU, input is {:?} on {:?}",
+                        x.dtype(),
+                        x.device()
+                    );
+                }
+                conv::conv2d_packed(x, w, bias.as_ref(), None)
+            }
+            Self::Stock(c) => c.forward(x),
+        }
+    }
+}
+
+impl Conv2d {
+    /// `conv(x) + extra_bias[:, :, None, None] + residual`, fused into the GEMM on the kernel path
+    /// (`extra_bias`: `[1 or B, C_out]`; `residual`: the output's shape).
+    pub fn forward_fused(&self, x: &Tensor, extra_bias: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Self::Packed { w, bias } if x.dtype() == DType::F32 && x.device().is_cpu() => {
+                let bias = match (bias, extra_bias) {
+                    (Some(b), Some(e)) => Some(e.broadcast_add(&b.unsqueeze(0)?)?),
+                    (None, Some(e)) => Some(e.clone()),
+                    (b, None) => b.clone(),
+                };
+                conv::conv2d_packed(x, w, bias.as_ref(), residual)
+            }
+            _ => {
+                let mut h = self.forward(x)?;
+                if let Some(e) = extra_bias {
+                    h = h.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
+                }
+                match residual {
+                    Some(r) => r + h,
+                    None => Ok(h),
+                }
+            }
+        }
+    }
+}
+
+/// A linear layer with candle-nn's weight names and init hints; on the kernel path the weight is
+/// packed for the GEMM at load time (only the packed copy is kept).
+#[derive(Clone)]
+pub enum Linear {
+    Packed { w: Arc<linear::PackedLinear>, bias: Option<Tensor> },
+    Stock(candle_nn::Linear),
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Packed { w, .. } => write!(f, "Linear(packed {} -> {})", w.d_in, w.d_out),
+            Self::Stock(l) => write!(f, "{l:?}"),
+        }
+    }
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if use_kernels(&weight) {
+            Ok(Self::Packed { w: Arc::new(linear::PackedLinear::new(&weight)?), bias })
+        } else {
+            Ok(Self::Stock(candle_nn::Linear::new(weight, bias)))
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed { w, bias } => {
+                if x.dtype() != DType::F32 || !x.device().is_cpu() {
+                    candle_core::bail!(
+                        "linear: the layer is f32 on the CPU, input is {:?} on {:?}",
+                        x.dtype(),
+                        x.device()
+                    );
+                }
+                linear::linear_packed(x, w, bias.as_ref())
+            }
+            Self::Stock(l) => l.forward(x),
+        }
+    }
+}
+
+/// `candle_nn::linear` returning our [`Linear`].
+pub fn linear(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((d_out, d_in), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    let bound = 1. / (d_in as f64).sqrt();
+    let bias = vb.get_with_hints(d_out, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    Linear::new(weight, Some(bias))
+}
+
+/// `candle_nn::linear_no_bias` returning our [`Linear`].
+pub fn linear_no_bias(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((d_out, d_in), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    Linear::new(weight, None)
+}
+
+/// `candle_nn::conv2d` (same weight names and init hints) returning our [`Conv2d`].
+pub fn conv2d(c_in: usize, c_out: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv2d> {
+    let weight =
+        vb.get_with_hints((c_out, c_in / cfg.groups, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    let bound = 1. / ((c_in / cfg.groups * k * k) as f64).sqrt();
+    let bias = vb.get_with_hints(c_out, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    Conv2d::new(weight, Some(bias), cfg)
 }
 
 /// candle-nn's `GroupNorm` (same weights, same arithmetic) with a fused-SiLU variant.
@@ -111,12 +267,47 @@ mod tests {
             let wt = Tensor::randn(0f32, 0.2, (co, ci, k, k), &dev)?;
             let bias = Tensor::randn(0f32, 1.0, co, &dev)?;
             let cfg = candle_nn::Conv2dConfig { padding: p, stride: s, ..Default::default() };
-            let conv = candle_nn::Conv2d::new(wt, Some(bias), cfg);
-            let want = conv.forward(&x)?;
-            let got = conv2d(&conv, &x)?;
+            let want = candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg).forward(&x)?;
+            let conv = Conv2d::new(wt, Some(bias), cfg)?;
+            assert!(matches!(conv, Conv2d::Packed { .. }));
+            let got = conv.forward(&x)?;
             assert_eq!(got.dims(), want.dims());
             let r = rel(&got, &want);
             assert!(r < 1e-5, "{:?}: rel {r}", (b, ci, co, h, w, k, s, p));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_conv_and_linear_match_candle() -> Result<()> {
+        if !enabled() {
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 21, 13, 11), &dev)?;
+        let wt = Tensor::randn(0f32, 0.2, (37, 21, 3, 3), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, 37, &dev)?;
+        let extra = Tensor::randn(0f32, 1.0, (1, 37), &dev)?;
+        let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+        let stock = candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg).forward(&x)?;
+        let res = Tensor::randn(0f32, 1.0, stock.dims(), &dev)?;
+        let want = (stock.broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?)? + &res)?;
+        let conv = Conv2d::new(wt, Some(bias), cfg)?;
+        assert!(rel(&conv.forward_fused(&x, Some(&extra), Some(&res))?, &want) < 1e-5);
+        let extra2 = Tensor::randn(0f32, 1.0, (2, 37), &dev)?;
+        let want2 = (conv.forward(&x)?.broadcast_add(&extra2.unsqueeze(2)?.unsqueeze(3)?))?;
+        assert!(rel(&conv.forward_fused(&x, Some(&extra2), None)?, &want2) < 1e-5);
+
+        for (t, din, dout) in [(3, 5, 7), (77, 768, 320), (130, 40, 70)] {
+            let x = Tensor::randn(0f32, 1.0, (2, t, din), &dev)?;
+            let w = Tensor::randn(0f32, 0.1, (dout, din), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, dout, &dev)?;
+            let want = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
+            let got = Linear::new(w.clone(), Some(b))?.forward(&x)?;
+            assert_eq!(got.dims(), want.dims());
+            assert!(rel(&got, &want) < 1e-5, "{t} {din} {dout}");
+            let want = candle_nn::Linear::new(w.clone(), None).forward(&x)?;
+            assert!(rel(&Linear::new(w, None)?.forward(&x)?, &want) < 1e-5);
         }
         Ok(())
     }

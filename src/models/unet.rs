@@ -10,9 +10,9 @@
 //! a message naming the config key.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
-use crate::kernels::{self, GroupNorm};
+use crate::kernels::{self, Conv2d, GroupNorm};
 use crate::models::attention::{Transformer2DModel, TransformerConfig};
 use crate::models::config::PerBlock;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
@@ -517,7 +517,7 @@ impl UNet2DConditionModel {
             })
         };
 
-        let conv_in = candle_nn::conv2d(
+        let conv_in = kernels::conv2d(
             c.in_channels,
             ch[0],
             c.conv_in_kernel,
@@ -606,7 +606,7 @@ impl UNet2DConditionModel {
         }
 
         let conv_norm_out = kernels::group_norm(groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(
+        let conv_out = kernels::conv2d(
             ch[0],
             c.out_channels,
             c.conv_out_kernel,
@@ -657,7 +657,7 @@ impl UNet2DConditionModel {
         // [1, temb]: the ResNets broadcast it over the batch.
         let temb = self.time_embedding.forward(&t_emb)?;
 
-        let mut xs = kernels::conv2d(&self.conv_in, &sample)?;
+        let mut xs = self.conv_in.forward(&sample)?;
         let mut skips = vec![xs.clone()];
         for block in &self.down_blocks {
             let (out, block_skips) = block.forward(&xs, &temb, &context)?;
@@ -680,11 +680,11 @@ impl UNet2DConditionModel {
         }
 
         let xs = self.conv_norm_out.forward_silu(&xs)?;
-        kernels::conv2d(&self.conv_out, &xs)
+        self.conv_out.forward(&xs)
     }
 
     /// The dtype the weights were loaded in.
     pub fn dtype(&self) -> DType {
-        self.conv_in.weight().dtype()
+        self.conv_in.dtype()
     }
 }

@@ -6,9 +6,9 @@
 //! `scaling_factor` (and `shift_factor`) is the caller's business, as in diffusers.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::kernels::{self, GroupNorm};
+use crate::kernels::{self, Conv2d, GroupNorm, Linear};
 
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 
@@ -207,10 +207,10 @@ impl SpatialSelfAttention {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
             group_norm: kernels::group_norm(groups, channels, VAE_EPS, vb.pp("group_norm"))?,
-            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
-            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
-            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(channels, channels, vb.pp("to_out.0"))?,
+            to_q: kernels::linear(channels, channels, vb.pp("to_q"))?,
+            to_k: kernels::linear(channels, channels, vb.pp("to_k"))?,
+            to_v: kernels::linear(channels, channels, vb.pp("to_v"))?,
+            to_out: kernels::linear(channels, channels, vb.pp("to_out.0"))?,
             score_budget: ATTENTION_SCORE_BUDGET,
         })
     }
@@ -346,7 +346,7 @@ impl UpDecoderBlock {
 }
 
 fn conv3x3(vb: VarBuilder, in_ch: usize, out_ch: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(in_ch, out_ch, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb)
+    kernels::conv2d(in_ch, out_ch, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb)
 }
 
 #[derive(Debug, Clone)]
@@ -378,13 +378,13 @@ impl Encoder {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = kernels::conv2d(&self.conv_in, xs)?;
+        let mut xs = self.conv_in.forward(xs)?;
         for block in &self.down_blocks {
             xs = block.forward(&xs)?;
         }
         let xs = self.mid_block.forward(&xs)?;
         let xs = self.conv_norm_out.forward_silu(&xs)?;
-        kernels::conv2d(&self.conv_out, &xs)
+        self.conv_out.forward(&xs)
     }
 }
 
@@ -416,13 +416,13 @@ impl Decoder {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = kernels::conv2d(&self.conv_in, xs)?;
+        let xs = self.conv_in.forward(xs)?;
         let mut xs = self.mid_block.forward(&xs)?;
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }
         let xs = self.conv_norm_out.forward_silu(&xs)?;
-        kernels::conv2d(&self.conv_out, &xs)
+        self.conv_out.forward(&xs)
     }
 }
 
@@ -444,11 +444,11 @@ impl AutoencoderKL {
         let decoder = Decoder::new(vb.pp("decoder"), config)?;
         let quant_conv = config
             .use_quant_conv
-            .then(|| candle_nn::conv2d(2 * latent, 2 * latent, 1, Default::default(), vb.pp("quant_conv")))
+            .then(|| kernels::conv2d(2 * latent, 2 * latent, 1, Default::default(), vb.pp("quant_conv")))
             .transpose()?;
         let post_quant_conv = config
             .use_post_quant_conv
-            .then(|| candle_nn::conv2d(latent, latent, 1, Default::default(), vb.pp("post_quant_conv")))
+            .then(|| kernels::conv2d(latent, latent, 1, Default::default(), vb.pp("post_quant_conv")))
             .transpose()?;
         Ok(Self { config: config.clone(), encoder, decoder, quant_conv, post_quant_conv })
     }
@@ -465,7 +465,7 @@ impl AutoencoderKL {
         }
         let moments = self.encoder.forward(image)?;
         let moments = match &self.quant_conv {
-            Some(conv) => kernels::conv2d(conv, &moments)?,
+            Some(conv) => conv.forward(&moments)?,
             None => moments,
         };
         LatentDistribution::from_moments(&moments)
@@ -482,7 +482,7 @@ impl AutoencoderKL {
             )));
         }
         let z = match &self.post_quant_conv {
-            Some(conv) => kernels::conv2d(conv, latents)?,
+            Some(conv) => conv.forward(latents)?,
             None => latents.clone(),
         };
         self.decoder.forward(&z)
