@@ -62,7 +62,7 @@ impl CustomOp3 for AttentionOp {
                 let kh = &k[h * lk * d..];
                 let vh = &v[h * lk * dv..];
                 unsafe {
-                    // scores[rows, lk] = scale * q_blk[rows, d] * k^T[d, lk]
+                    // scores[rows, lk] = q_blk[rows, d] * k^T[d, lk]; the scale goes into the exp
                     gemm(
                         rows,
                         lk,
@@ -78,7 +78,7 @@ impl CustomOp3 for AttentionOp {
                         d as isize,
                         1,
                         0.0,
-                        scale,
+                        1.0,
                         false,
                         false,
                         false,
@@ -87,13 +87,8 @@ impl CustomOp3 for AttentionOp {
                 }
                 let mut inv = [0f32; QB];
                 for (r, row) in scores.chunks_mut(lk).take(rows).enumerate() {
-                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut s = 0f32;
-                    for x in row.iter_mut() {
-                        *x = (*x - m).exp();
-                        s += *x;
-                    }
-                    inv[r] = 1.0 / s;
+                    // The caller has checked AVX-512 (kernels::enabled).
+                    inv[r] = 1.0 / unsafe { super::vmath::softmax_exp_row(row, scale) };
                 }
                 let o = unsafe { optr.0.add((h * lq + q0) * dv) };
                 unsafe {

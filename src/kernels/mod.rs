@@ -12,6 +12,7 @@ pub mod conv;
 pub mod gemm;
 pub mod linear;
 pub mod norm;
+pub mod vmath;
 
 use std::sync::{Arc, OnceLock};
 

@@ -78,10 +78,8 @@ impl CustomOp3 for GroupNormOp {
                 let src = &xs[j * hw..(j + 1) * hw];
                 let dst = &mut o[j * hw..(j + 1) * hw];
                 if self.silu {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        let y = v * scale + shift;
-                        *d = y / (1.0 + (-y).exp());
-                    }
+                    // The caller has checked AVX-512 (kernels::enabled).
+                    unsafe { super::vmath::affine_silu(dst, src, scale, shift) };
                 } else {
                     for (d, &v) in dst.iter_mut().zip(src) {
                         *d = v * scale + shift;
