@@ -164,11 +164,13 @@ pub fn check_output_path(path: &Path, flag: &str) -> Result<()> {
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
-    let tmp = tempfile::Builder::new()
-        .prefix(".diffedit-")
-        .suffix(&format!(".{ext}"))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".diffedit-").suffix(&format!(".{ext}"));
+    // A finished output is an ordinary file (0666 less the umask, applied by open(2)), not the
+    // temp file's default 0600.
+    #[cfg(unix)]
+    builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     write(tmp.path())?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())

@@ -109,6 +109,19 @@ fn edit_writes_every_file_at_input_size_and_trace_matches_reference() {
     for f in ["out.png", "mask.png", "heat.png", "overlay.png"] {
         let img = image::open(dir.path().join(f)).unwrap();
         assert_eq!((img.width(), img.height()), (96, 64), "{f}");
+        #[cfg(unix)]
+        {
+            // Ordinary files (0666 less the umask), not the temp file's 0600.
+            use std::os::unix::fs::PermissionsExt;
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let umask = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+                .unwrap_or(0o022);
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o666 & !umask, "{f}: mode {mode:o}");
+        }
     }
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json prints one JSON object");
     assert_eq!(summary["unet_evaluations"], 2 * 4 + 6 + 2 * 7);
@@ -227,6 +240,12 @@ fn bad_images_are_refused_with_their_name() {
         d,
         &format!("{}: not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)", text.display()),
     );
+
+    // Unreadable: a folder where a picture was expected (and, below, a file without read permission
+    // when the tests do not run as root).
+    let folder = d.join("folder.png");
+    std::fs::create_dir(&folder).unwrap();
+    expect_failure(&quick(d, folder.to_str().unwrap()), d, &format!("{}: Is a directory", folder.display()));
 
     let small = d.join("small.png");
     image::RgbImage::new(8, 12).save(&small).unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::{default_out, path_str, ModelArgs, OutputArgs};
-use crate::diffedit::{Alignment, DiffEdit, EditParams, Noise};
+use crate::diffedit::{experiments, Alignment, DiffEdit, EditParams, Noise};
 use crate::error::{Error, Result};
 use crate::image_io::{
     self, check_output_path, check_processing_size, image_to_tensor, load_rgb, processing_size, resize, save_image,
@@ -50,6 +50,12 @@ pub struct EditArgs {
     /// Process at exactly this pixel size (default: the model's native long side, aspect kept).
     #[arg(long, value_name = "WxH")]
     pub size: Option<String>,
+    /// Write the decoding's intermediates (every 10 steps and the last), decoded, as a strip.
+    #[arg(long, value_name = "PATH")]
+    pub save_steps: Option<PathBuf>,
+    /// Decode with the mask blurred by a Gaussian of this sigma (latent cells): a soft mask.
+    #[arg(long, value_name = "SIGMA", allow_negative_numbers = true)]
+    pub mask_blur: Option<f64>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -123,6 +129,7 @@ pub fn run(args: &EditArgs) -> Result<()> {
         ("--save-heatmap", args.save_heatmap.as_deref()),
         ("--save-overlay", args.save_overlay.as_deref()),
         ("--trace", args.trace.as_deref()),
+        ("--save-steps", args.save_steps.as_deref()),
     ]
     .into_iter()
     .filter_map(|(flag, p)| p.map(|p| (flag, p)))
@@ -131,6 +138,9 @@ pub fn run(args: &EditArgs) -> Result<()> {
         check_output_path(p, flag)?;
     }
     let requested_size = args.size.as_deref().map(image_io::parse_size).transpose()?;
+    if let Some(sigma) = args.mask_blur {
+        experiments::check_sigma(sigma)?;
+    }
     if let Some(noise) = &args.noise {
         if !noise.is_file() {
             return Err(Error::io(noise, std::io::Error::new(std::io::ErrorKind::NotFound, "noise file not found")));
@@ -162,7 +172,21 @@ pub fn run(args: &EditArgs) -> Result<()> {
     let processed = resize(&original, width, height);
     let image = image_to_tensor(&processed)?;
     let progress = o.progress();
-    let result = pipeline.edit(&image, &args.source, &args.target, &noise, progress.as_ref())?;
+    let (result, soft_mask) = match args.mask_blur {
+        Some(sigma) => {
+            let (r, soft) = experiments::edit_with_blurred_mask(
+                &pipeline,
+                &image,
+                &args.source,
+                &args.target,
+                &noise,
+                sigma,
+                progress.as_ref(),
+            )?;
+            (r, Some(soft))
+        }
+        None => (pipeline.edit(&image, &args.source, &args.target, &noise, progress.as_ref())?, None),
+    };
     for p in &result.embeddings.truncated {
         o.say(format!("warning: prompt longer than {} tokens was truncated: {p:?}", model.tokenizer.max_length()));
     }
@@ -173,7 +197,14 @@ pub fn run(args: &EditArgs) -> Result<()> {
     let mut written = vec![path_str(&out_path)];
     let (mh, mw, mask) = image_io::map_values(&result.mask.mask)?;
     if let Some(p) = &args.save_mask {
-        save_image(&viz::mask_image(&mask, mh, mw, ow, oh), p)?;
+        let picture = match &soft_mask {
+            Some(soft) => {
+                let (sh, sw, values) = image_io::map_values(soft)?;
+                viz::figure::gray_image(&values, sh, sw, ow, oh)
+            }
+            None => viz::mask_image(&mask, mh, mw, ow, oh),
+        };
+        save_image(&picture, p)?;
         written.push(path_str(p));
     }
     if let Some(p) = &args.save_heatmap {
@@ -183,6 +214,10 @@ pub fn run(args: &EditArgs) -> Result<()> {
     }
     if let Some(p) = &args.save_overlay {
         save_image(&viz::overlay_image(&original, &mask, mh, mw), p)?;
+        written.push(path_str(p));
+    }
+    if let Some(p) = &args.save_steps {
+        save_steps_strip(&pipeline, &result, p)?;
         written.push(path_str(p));
     }
     if let Some(p) = &args.trace {
@@ -214,4 +249,19 @@ pub fn run(args: &EditArgs) -> Result<()> {
         println!("{summary}");
     }
     Ok(())
+}
+
+/// The strip of `--save-steps`: the decoding's latents after every 10th step and the last, decoded.
+fn save_steps_strip(pipeline: &DiffEdit, result: &crate::diffedit::EditOutput, path: &Path) -> Result<()> {
+    let s = result.decoded_latents.len() - 1;
+    let style = viz::figure::Style::default();
+    let tiles = experiments::saved_steps(s, 10)
+        .into_iter()
+        .map(|k| {
+            let picture = experiments::latents_to_image(pipeline, &result.decoded_latents[k])?;
+            Ok(viz::figure::Tile::picture(format!("step {k}/{s}"), &picture, &style))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let fig = viz::figure::strip(&tiles, Some("masked DDIM decoding"), &style);
+    save_image(&fig.image, path)
 }

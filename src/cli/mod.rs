@@ -1,8 +1,15 @@
 //! The `diffedit` command line: argument parsing, then one call into the library per command.
 
+mod ablate;
 mod bench;
+mod compare;
 mod edit;
+mod generate;
+mod invert;
+mod mask;
 mod progress;
+mod report;
+mod shared;
 
 use std::path::PathBuf;
 
@@ -25,6 +32,18 @@ pub struct Cli {
 pub enum Command {
     /// Edit a picture: find where SOURCE and TARGET disagree and repaint only there.
     Edit(edit::EditArgs),
+    /// Draw a picture from a prompt (DDIM with classifier-free guidance).
+    Generate(generate::GenerateArgs),
+    /// The mask step alone: heat map, mask, overlay, and a strip of thresholds.
+    Mask(mask::MaskArgs),
+    /// DDIM inversion alone: its latents decoded, and with --check the reconstruction and its PSNR.
+    Invert(invert::InvertArgs),
+    /// The encode ratio's effect: one mask, one inversion, one decoding per ratio.
+    Ablate(ablate::AblateArgs),
+    /// Naive img2img (no mask) beside DiffEdit; with --mask-blur the soft mask beside the hard one.
+    Compare(compare::CompareArgs),
+    /// One panel for a slide: source, heat map, mask, overlay, result (and img2img).
+    Report(report::ReportArgs),
     /// Time the full-size SD 1.5 components with random weights (nothing downloaded).
     Bench(bench::BenchArgs),
 }
@@ -132,6 +151,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Edit(args) => edit::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Mask(args) => mask::run(&args),
+        Command::Invert(args) => invert::run(&args),
+        Command::Ablate(args) => ablate::run(&args),
+        Command::Compare(args) => compare::run(&args),
+        Command::Report(args) => report::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

@@ -4,6 +4,7 @@
 //! a loaded model and does the bookkeeping (prompt encoding once, batching, tracing, progress).
 
 pub mod decode;
+pub mod experiments;
 pub mod invert;
 pub mod mask;
 pub mod params;

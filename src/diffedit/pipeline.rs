@@ -116,6 +116,11 @@ impl<'m> DiffEdit<'m> {
         self.unet.evaluations()
     }
 
+    /// The counted UNet, for samplers outside the edit (`experiments`).
+    pub fn denoiser(&self) -> &Counted<'m, StableDiffusion> {
+        &self.unet
+    }
+
     /// The schedule's timesteps for `params.steps`, descending.
     pub fn timesteps(&self) -> &[i64] {
         &self.timesteps
@@ -152,11 +157,11 @@ impl<'m> DiffEdit<'m> {
     /// `(mean + std * vae_noise) * scaling_factor` for `image` [1,3,H,W] in [-1,1].
     pub fn encode_image(&self, image: &Tensor, vae_noise: &Tensor) -> Result<Tensor> {
         let m = self.model;
-        let image = image.to_device(&m.device)?.to_dtype(m.dtype)?;
+        let image = image.to_device(&m.device)?.to_dtype(m.vae_dtype)?;
         let dist = m.vae.encode(&image)?;
-        let noise = vae_noise.to_device(&m.device)?.to_dtype(m.dtype)?;
+        let noise = vae_noise.to_device(&m.device)?.to_dtype(m.vae_dtype)?;
         let sample = (&dist.mean + (&dist.std * noise)?)?;
-        Ok((sample * m.vae.config.scaling_factor)?)
+        Ok((sample * m.vae.config.scaling_factor)?.to_dtype(m.dtype)?)
     }
 
     /// Step 1: the mask for `latents` under the two prompts.
@@ -240,7 +245,7 @@ impl<'m> DiffEdit<'m> {
 
     /// The VAE decoder's output for scaled latents, before clamping: [1,3,H,W].
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
-        let z = (latents / self.model.vae.config.scaling_factor)?;
+        let z = (latents.to_dtype(self.model.vae_dtype)? / self.model.vae.config.scaling_factor)?;
         Ok(self.model.vae.decode(&z)?)
     }
 

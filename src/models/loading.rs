@@ -53,7 +53,11 @@ pub struct StableDiffusion {
     pub unet: UNet2DConditionModel,
     pub schedule: DdimSchedule,
     pub device: Device,
+    /// Compute dtype of the UNet and the text encoder.
     pub dtype: DType,
+    /// Compute dtype of the VAE: f32 when its config asks for `force_upcast` and the compute
+    /// dtype is f16 (SD's VAE overflows in f16), as diffusers' pipelines do.
+    pub vae_dtype: DType,
     pub origins: ComponentOrigins,
 }
 
@@ -140,7 +144,8 @@ impl StableDiffusion {
         let vae_cfg: AutoencoderKLConfig = read_config(&vae_cfg_path)?;
         check(&vae_cfg_path, vae_cfg.validate())?;
         let vae_weights = open_weights(&fetcher.weight_files(&vae_src, &vae_sub)?)?;
-        let vae = AutoencoderKL::new(vae_weights.var_builder(dtype, device), &vae_cfg)?;
+        let vae_dtype = if vae_cfg.force_upcast && dtype == DType::F16 { DType::F32 } else { dtype };
+        let vae = AutoencoderKL::new(vae_weights.var_builder(vae_dtype, device), &vae_cfg)?;
 
         let unet_sub = component_subfolder(fetcher, &unet_src, "unet", "config.json")?;
         let unet_cfg_path = fetcher.get(&unet_src, &unet_sub, "config.json")?;
@@ -188,7 +193,7 @@ impl StableDiffusion {
             tokenizer: origin(&tok_src, &tok_sub),
             scheduler: scheduler_origin,
         };
-        Ok(Self { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, origins })
+        Ok(Self { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, vae_dtype, origins })
     }
 
     /// Pixels per latent cell.
