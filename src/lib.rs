@@ -5,10 +5,12 @@
 //! functions), `diffedit` (mask, inversion, masked decoding, the whole edit), and the I/O and
 //! figure helpers used by the command-line tool in `cli`.
 
+pub mod bench;
 pub mod cli;
 pub mod diffedit;
 pub mod error;
 pub mod image_io;
+pub mod kernels;
 pub mod models;
 pub mod scheduler;
 pub mod trace;

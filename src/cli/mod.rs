@@ -1,6 +1,7 @@
 //! The `diffedit` command line: argument parsing, then one call into the library per command.
 
 mod ablate;
+mod bench;
 mod compare;
 mod edit;
 mod generate;
@@ -43,6 +44,8 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// One panel for a slide: source, heat map, mask, overlay, result (and img2img).
     Report(report::ReportArgs),
+    /// Time the full-size SD 1.5 components with random weights (nothing downloaded).
+    Bench(bench::BenchArgs),
 }
 
 /// Which model to run, and where.
@@ -154,6 +157,7 @@ pub fn main() -> i32 {
         Command::Ablate(args) => ablate::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => 0,

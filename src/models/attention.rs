@@ -7,7 +7,9 @@
 //! kernel (flash attention on CUDA, say) can replace it in one place.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use crate::kernels::{self, Conv2d, GroupNorm, Linear};
 
 /// Upper bound, in bytes, for one block of f32 attention scores. Queries are processed in chunks
 /// so that `batch * heads * chunk * keys * 4` stays under it: SD at 64x64 latents has 4096 tokens,
@@ -23,6 +25,10 @@ pub const ATTENTION_SCORE_BUDGET_BYTES: usize = 256 << 20;
 /// under [`ATTENTION_SCORE_BUDGET_BYTES`]; rows of the softmax are independent, so chunking
 /// changes the result only by the GEMM's rounding (its blocking depends on the row count).
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, upcast: bool) -> Result<Tensor> {
+    // f32 throughout on the kernel path, so `upcast` changes nothing there.
+    if kernels::use_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
+        return kernels::attention::attention_f32(q, k, v, scale);
+    }
     attention_in_chunks(q, k, v, scale, upcast, ATTENTION_SCORE_BUDGET_BYTES)
 }
 
@@ -85,10 +91,10 @@ impl Attention {
         let inner = heads * dim_head;
         let context_dim = context_dim.unwrap_or(query_dim);
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            to_q: kernels::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: kernels::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: kernels::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: kernels::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
             dim_head,
             upcast,
@@ -135,8 +141,8 @@ pub struct GegluFeedForward {
 impl GegluFeedForward {
     pub fn new(vb: VarBuilder, dim: usize, mult: usize) -> Result<Self> {
         let inner = dim * mult;
-        let proj = candle_nn::linear(dim, 2 * inner, vb.pp("net").pp("0").pp("proj"))?;
-        let out = candle_nn::linear(inner, dim, vb.pp("net").pp("2"))?;
+        let proj = kernels::linear(dim, 2 * inner, vb.pp("net").pp("0").pp("proj"))?;
+        let out = kernels::linear(inner, dim, vb.pp("net").pp("2"))?;
         Ok(Self { proj, out, inner })
     }
 
@@ -220,9 +226,9 @@ enum Projection {
 impl Projection {
     fn new(vb: VarBuilder, linear: bool, in_dim: usize, out_dim: usize) -> Result<Self> {
         if linear {
-            Ok(Self::Linear(candle_nn::linear(in_dim, out_dim, vb)?))
+            Ok(Self::Linear(kernels::linear(in_dim, out_dim, vb)?))
         } else {
-            Ok(Self::Conv(candle_nn::conv2d(in_dim, out_dim, 1, Default::default(), vb)?))
+            Ok(Self::Conv(kernels::conv2d(in_dim, out_dim, 1, Default::default(), vb)?))
         }
     }
 }
@@ -241,7 +247,7 @@ pub struct Transformer2DModel {
 impl Transformer2DModel {
     pub fn new(vb: VarBuilder, in_channels: usize, cfg: &TransformerConfig) -> Result<Self> {
         let inner_dim = cfg.heads * cfg.dim_head;
-        let norm = candle_nn::group_norm(cfg.norm_num_groups, in_channels, 1e-6, vb.pp("norm"))?;
+        let norm = kernels::group_norm(cfg.norm_num_groups, in_channels, 1e-6, vb.pp("norm"))?;
         let proj_in = Projection::new(vb.pp("proj_in"), cfg.use_linear_projection, in_channels, inner_dim)?;
         let blocks = (0..cfg.num_layers)
             .map(|i| BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(i), inner_dim, cfg))

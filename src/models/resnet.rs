@@ -2,7 +2,9 @@
 //! and `Upsample2D`, with diffusers' weight names.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+
+use crate::kernels::{self, Conv2d, GroupNorm};
 
 /// diffusers' `ResnetBlock2D` with `time_embedding_norm = "default"` (additive time embedding,
 /// or none for the VAE) and a 1x1 `conv_shortcut` when the channel count changes.
@@ -31,16 +33,14 @@ pub struct ResnetConfig {
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
         let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
-        let norm1 = candle_nn::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
-        let conv1 = candle_nn::conv2d(cfg.in_channels, cfg.out_channels, 3, conv3, vb.pp("conv1"))?;
+        let norm1 = kernels::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
+        let conv1 = kernels::conv2d(cfg.in_channels, cfg.out_channels, 3, conv3, vb.pp("conv1"))?;
         let time_emb_proj =
             cfg.temb_channels.map(|t| candle_nn::linear(t, cfg.out_channels, vb.pp("time_emb_proj"))).transpose()?;
-        let norm2 = candle_nn::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
-        let conv2 = candle_nn::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
+        let norm2 = kernels::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
+        let conv2 = kernels::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
         let conv_shortcut = (cfg.in_channels != cfg.out_channels)
-            .then(|| {
-                candle_nn::conv2d(cfg.in_channels, cfg.out_channels, 1, Default::default(), vb.pp("conv_shortcut"))
-            })
+            .then(|| kernels::conv2d(cfg.in_channels, cfg.out_channels, 1, Default::default(), vb.pp("conv_shortcut")))
             .transpose()?;
         Ok(Self {
             norm1,
@@ -55,23 +55,23 @@ impl ResnetBlock2D {
 
     /// `temb` is the (not yet activated) time embedding `[B, temb_channels]`, or `None`.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = candle_nn::ops::silu(&self.norm1.forward(xs)?)?;
-        let mut h = self.conv1.forward(&h)?;
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
-            h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
-        }
-        let h = candle_nn::ops::silu(&self.norm2.forward(&h)?)?;
-        let h = self.conv2.forward(&h)?;
+        let h = self.norm1.forward_silu(xs)?;
+        // The time embedding is a per-channel bias of conv1, and the shortcut the starting value
+        // of conv2's accumulator: both are fused into the convolutions where the kernels apply.
+        let t = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(&candle_nn::ops::silu(temb)?)?),
+            _ => None,
+        };
+        let h = self.conv1.forward_fused(&h, t.as_ref(), None)?;
+        let h = self.norm2.forward_silu(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
         };
-        let out = (shortcut + h)?;
         if self.output_scale_factor == 1.0 {
-            Ok(out)
+            self.conv2.forward_fused(&h, None, Some(&shortcut))
         } else {
-            out / self.output_scale_factor
+            (shortcut + self.conv2.forward(&h)?)? / self.output_scale_factor
         }
     }
 }
@@ -87,7 +87,7 @@ pub struct Downsample2D {
 impl Downsample2D {
     pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, padding: usize) -> Result<Self> {
         let cfg = Conv2dConfig { padding, stride: 2, ..Default::default() };
-        let conv = candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
+        let conv = kernels::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self { conv, padding })
     }
 
@@ -111,7 +111,7 @@ pub struct Upsample2D {
 impl Upsample2D {
     pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
         let cfg = Conv2dConfig { padding: 1, ..Default::default() };
-        let conv = candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
+        let conv = kernels::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self { conv })
     }
 

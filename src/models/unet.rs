@@ -10,8 +10,9 @@
 //! a message naming the config key.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
+use crate::kernels::{self, Conv2d, GroupNorm};
 use crate::models::attention::{Transformer2DModel, TransformerConfig};
 use crate::models::config::PerBlock;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
@@ -516,7 +517,7 @@ impl UNet2DConditionModel {
             })
         };
 
-        let conv_in = candle_nn::conv2d(
+        let conv_in = kernels::conv2d(
             c.in_channels,
             ch[0],
             c.conv_in_kernel,
@@ -604,8 +605,8 @@ impl UNet2DConditionModel {
             up_blocks.push(UpBlock { resnets, attentions, upsampler });
         }
 
-        let conv_norm_out = candle_nn::group_norm(groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(
+        let conv_norm_out = kernels::group_norm(groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_out = kernels::conv2d(
             ch[0],
             c.out_channels,
             c.conv_out_kernel,
@@ -678,12 +679,12 @@ impl UNet2DConditionModel {
             xs = block.forward(&xs, &block_skips, &temb, &context, upsample_size)?;
         }
 
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 
     /// The dtype the weights were loaded in.
     pub fn dtype(&self) -> DType {
-        self.conv_in.weight().dtype()
+        self.conv_in.dtype()
     }
 }

@@ -6,7 +6,9 @@
 //! `scaling_factor` (and `shift_factor`) is the caller's business, as in diffusers.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::kernels::{self, Conv2d, GroupNorm, Linear};
 
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 
@@ -204,11 +206,11 @@ struct SpatialSelfAttention {
 impl SpatialSelfAttention {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            group_norm: candle_nn::group_norm(groups, channels, VAE_EPS, vb.pp("group_norm"))?,
-            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
-            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
-            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(channels, channels, vb.pp("to_out.0"))?,
+            group_norm: kernels::group_norm(groups, channels, VAE_EPS, vb.pp("group_norm"))?,
+            to_q: kernels::linear(channels, channels, vb.pp("to_q"))?,
+            to_k: kernels::linear(channels, channels, vb.pp("to_k"))?,
+            to_v: kernels::linear(channels, channels, vb.pp("to_v"))?,
+            to_out: kernels::linear(channels, channels, vb.pp("to_out.0"))?,
             score_budget: ATTENTION_SCORE_BUDGET,
         })
     }
@@ -219,6 +221,13 @@ impl SpatialSelfAttention {
         let tokens = self.group_norm.forward(xs)?.reshape((b, c, n))?.transpose(1, 2)?.contiguous()?;
         // Scaling q before the product (rather than the scores after) keeps f16 scores in range.
         let q = (self.to_q.forward(&tokens)? * (c as f64).powf(-0.5))?;
+        if kernels::use_kernels(&q) {
+            let k = self.to_k.forward(&tokens)?;
+            let v = self.to_v.forward(&tokens)?;
+            let attended = kernels::attention::attention_f32(&q, &k, &v, 1.0)?;
+            let out = self.to_out.forward(&attended)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+            return out + xs;
+        }
         let k_t = self.to_k.forward(&tokens)?.transpose(1, 2)?.contiguous()?;
         let v = self.to_v.forward(&tokens)?;
         // Each query row's softmax only needs its own scores, so chunking queries changes nothing
@@ -337,7 +346,7 @@ impl UpDecoderBlock {
 }
 
 fn conv3x3(vb: VarBuilder, in_ch: usize, out_ch: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(in_ch, out_ch, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb)
+    kernels::conv2d(in_ch, out_ch, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb)
 }
 
 #[derive(Debug, Clone)]
@@ -362,7 +371,7 @@ impl Encoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let mid_block = MidBlock::new(vb.pp("mid_block"), config, last)?;
-        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, last, VAE_EPS, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = kernels::group_norm(config.norm_num_groups, last, VAE_EPS, vb.pp("conv_norm_out"))?;
         // Mean and log-variance for every latent channel.
         let conv_out = conv3x3(vb.pp("conv_out"), last, 2 * config.latent_channels)?;
         Ok(Self { conv_in, down_blocks, mid_block, conv_norm_out, conv_out })
@@ -374,7 +383,7 @@ impl Encoder {
             xs = block.forward(&xs)?;
         }
         let xs = self.mid_block.forward(&xs)?;
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }
@@ -401,7 +410,7 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let first = config.block_out_channels[0];
-        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, first, VAE_EPS, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = kernels::group_norm(config.norm_num_groups, first, VAE_EPS, vb.pp("conv_norm_out"))?;
         let conv_out = conv3x3(vb.pp("conv_out"), first, config.out_channels)?;
         Ok(Self { conv_in, mid_block, up_blocks, conv_norm_out, conv_out })
     }
@@ -412,7 +421,7 @@ impl Decoder {
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }
@@ -435,11 +444,11 @@ impl AutoencoderKL {
         let decoder = Decoder::new(vb.pp("decoder"), config)?;
         let quant_conv = config
             .use_quant_conv
-            .then(|| candle_nn::conv2d(2 * latent, 2 * latent, 1, Default::default(), vb.pp("quant_conv")))
+            .then(|| kernels::conv2d(2 * latent, 2 * latent, 1, Default::default(), vb.pp("quant_conv")))
             .transpose()?;
         let post_quant_conv = config
             .use_post_quant_conv
-            .then(|| candle_nn::conv2d(latent, latent, 1, Default::default(), vb.pp("post_quant_conv")))
+            .then(|| kernels::conv2d(latent, latent, 1, Default::default(), vb.pp("post_quant_conv")))
             .transpose()?;
         Ok(Self { config: config.clone(), encoder, decoder, quant_conv, post_quant_conv })
     }

@@ -1,0 +1,242 @@
+//! 2-D convolution (NCHW, f32, groups 1, dilation 1) as an implicit GEMM: `out_b[C_out, Ho*Wo] =
+//! W[C_out, C_in*kh*kw] * im2col(x_b)`, where the im2col columns are produced one cache-sized
+//! block at a time by the GEMM's B packer and the output is written in NCHW directly (no
+//! transposes, no full im2col matrix).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::gemm::{gemm_packed, BSrc, PackB, PackedA, NR};
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConvParams {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+struct Geometry {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    ow: usize,
+    stride: usize,
+    pad: usize,
+}
+
+struct Im2Col<'a> {
+    x: &'a [f32],
+    g: &'a Geometry,
+}
+
+impl PackB for Im2Col<'_> {
+    fn pack(&self, b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
+        let g = self.g;
+        let img = &self.x[b * g.c_in * g.h * g.w..];
+        let khw = g.kh * g.kw;
+        let panels = nc.div_ceil(NR);
+        for kk in 0..kc {
+            let k = k0 + kk;
+            let ci = k / khw;
+            let ky = (k % khw) / g.kw;
+            let kx = k % g.kw;
+            let chan = &img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            let mut oy = n0 / g.ow;
+            let mut ox = n0 % g.ow;
+            for p in 0..panels {
+                let dst = &mut buf[p * kc * NR + kk * NR..p * kc * NR + kk * NR + NR];
+                let lanes = NR.min(nc - p * NR);
+                let mut lane = 0;
+                while lane < lanes {
+                    // one run along an output row
+                    let run = (g.ow - ox).min(lanes - lane);
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst[lane..lane + run].fill(0.0);
+                    } else {
+                        let row = &chan[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        let x0 = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if g.stride == 1 && x0 >= 0 && x0 as usize + run <= g.w {
+                            dst[lane..lane + run].copy_from_slice(&row[x0 as usize..x0 as usize + run]);
+                        } else {
+                            for (i, d) in dst[lane..lane + run].iter_mut().enumerate() {
+                                let ix = x0 + (i * g.stride) as isize;
+                                *d = if ix >= 0 && (ix as usize) < g.w { row[ix as usize] } else { 0.0 };
+                            }
+                        }
+                    }
+                    lane += run;
+                    ox += run;
+                    if ox == g.ow {
+                        ox = 0;
+                        oy += 1;
+                    }
+                }
+                dst[lanes..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// 1x1, stride 1, no padding: B is the input itself, `[C_in, H*W]`.
+struct Plain<'a> {
+    x: &'a [f32],
+    k: usize,
+    n: usize,
+}
+
+impl PackB for Plain<'_> {
+    fn pack(&self, b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
+        let img = &self.x[b * self.k * self.n..];
+        for p in 0..nc.div_ceil(NR) {
+            let lanes = NR.min(nc - p * NR);
+            for kk in 0..kc {
+                let src = &img[(k0 + kk) * self.n + n0 + p * NR..][..lanes];
+                let dst = &mut buf[p * kc * NR + kk * NR..][..NR];
+                dst[..lanes].copy_from_slice(src);
+                dst[lanes..].fill(0.0);
+            }
+        }
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(d) => d,
+        _ => candle_core::bail!("conv2d kernel: {what} must be f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv2d kernel: {what} must be contiguous"),
+    }
+}
+
+/// A convolution's weights packed once for the GEMM (the layer keeps only these on the kernel
+/// path, so packing costs neither time per call nor extra memory).
+pub struct PackedConv {
+    a: PackedA,
+    pub c_out: usize,
+    pub c_in: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub p: ConvParams,
+}
+
+impl PackedConv {
+    /// `weight`: contiguous f32 `[C_out, C_in, kh, kw]`.
+    pub fn new(weight: &Tensor, p: ConvParams) -> Result<Self> {
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
+        let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let k = c_in * kh * kw;
+        Ok(Self { a: PackedA::new(&w, c_out, k, k, 1), c_out, c_in, kh, kw, p })
+    }
+
+    /// `bias`: `[C_out]`, `[1, C_out]` or `[B, C_out]` (the layer's bias with a per-item term
+    /// folded in); `residual`: `[B, C_out, oh, ow]`, added to the output.
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(x.0, x.1, "input")?;
+        let (batch, c_in, h, wd) = x.1.shape().dims4()?;
+        let (p, kh, kw, c_out) = (self.p, self.kh, self.kw, self.c_out);
+        if c_in != self.c_in {
+            candle_core::bail!("conv2d kernel: input has {c_in} channels, weight expects {}", self.c_in);
+        }
+        if h + 2 * p.padding < kh || wd + 2 * p.padding < kw {
+            candle_core::bail!("conv2d kernel: input smaller than the kernel");
+        }
+        let oh = (h + 2 * p.padding - kh) / p.stride + 1;
+        let ow = (wd + 2 * p.padding - kw) / p.stride + 1;
+        let n = oh * ow;
+        let k = c_in * kh * kw;
+        let mut out = match residual {
+            Some((rs, rl)) => {
+                if rl.shape().dims() != [batch, c_out, oh, ow] {
+                    candle_core::bail!(
+                        "conv2d kernel: residual {:?}, output [{batch}, {c_out}, {oh}, {ow}]",
+                        rl.shape()
+                    );
+                }
+                f32_slice(rs, rl, "residual")?.to_vec()
+            }
+            None => vec![0f32; batch * c_out * n],
+        };
+        if let Some((bs, bl)) = bias {
+            let bv = f32_slice(bs, bl, "bias")?;
+            if bv.len() != c_out && bv.len() != batch * c_out {
+                candle_core::bail!("conv2d kernel: bias {:?} for {batch} x {c_out} outputs", bl.shape());
+            }
+            let per_item = bv.len() == batch * c_out;
+            for (i, row) in out.chunks_mut(n).enumerate() {
+                let bias = if per_item { bv[i] } else { bv[i % c_out] };
+                if residual.is_some() {
+                    row.iter_mut().for_each(|v| *v += bias);
+                } else {
+                    row.fill(bias);
+                }
+            }
+        }
+        if kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0 {
+            gemm_packed(&self.a, BSrc::Pack(&Plain { x: xs, k, n }), batch, n, &mut out);
+        } else {
+            let g = Geometry { c_in, h, w: wd, kh, kw, ow, stride: p.stride, pad: p.padding };
+            gemm_packed(&self.a, BSrc::Pack(&Im2Col { x: xs, g: &g }), batch, n, &mut out);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((batch, c_out, oh, ow))))
+    }
+}
+
+struct ConvOp<'a>(&'a PackedConv);
+
+impl CustomOp1 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "diffedit-conv2d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), None, None)
+    }
+}
+
+impl CustomOp2 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "diffedit-conv2d-bias"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), Some((s2, l2)), None)
+    }
+}
+
+impl CustomOp3 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "diffedit-conv2d-bias-residual"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), Some((s2, l2)), Some((s3, l3)))
+    }
+}
+
+/// The convolution on the kernel path (`x`: f32 on the CPU), plus `bias` (`[C_out]` or
+/// `[B, C_out]`) and `residual` (the output's shape) when given.
+pub fn conv2d_packed(x: &Tensor, w: &PackedConv, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    match (bias, residual) {
+        (Some(b), Some(r)) => x.apply_op3_no_bwd(&b.contiguous()?, &r.contiguous()?, &ConvOp(w)),
+        (None, Some(r)) => {
+            let zero = Tensor::zeros(w.c_out, candle_core::DType::F32, x.device())?;
+            x.apply_op3_no_bwd(&zero, &r.contiguous()?, &ConvOp(w))
+        }
+        (Some(b), None) => x.apply_op2_no_bwd(&b.contiguous()?, &ConvOp(w)),
+        (None, None) => x.apply_op1_no_bwd(&ConvOp(w)),
+    }
+}

@@ -1,0 +1,236 @@
+//! A small f32 GEMM for x86-64 with AVX-512: `C[M x N] += A[M x K] * B[K x N]` with C row-major
+//! and N the contiguous (vectorised) direction, which is the layout of an NCHW convolution's
+//! output (`[C_out, H*W]`). B is never materialised: a caller-supplied packer writes each
+//! `KC x NC` block straight into the micro-kernel's panel layout, so a convolution's im2col
+//! happens block by block in cache instead of as one huge matrix.
+//!
+//! Blocking: 12 x 32 register tiles (24 zmm accumulators), K blocks of [`KC`] so a B micro-panel
+//! (KC x 32 floats, 32 KiB) stays in L1, N tiles of [`NC`] columns per task; tasks (N tiles x
+//! M chunks x batch items) are spread over rayon's pool.
+
+use rayon::prelude::*;
+
+/// Rows of a register tile (broadcast operand, A).
+pub const MR: usize = 12;
+/// Columns of a register tile (two zmm vectors of B / C).
+pub const NR: usize = 32;
+/// Depth of one K block.
+pub const KC: usize = 256;
+/// Columns per task.
+pub const NC: usize = 256;
+
+/// Whether the AVX-512 kernels can run on this CPU.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A packed in MR-row panels: panel p holds, for every k, the MR values `A[p*MR + r][k]`
+/// (rows past M are zero), so the kernel reads it sequentially.
+pub struct PackedA {
+    data: Vec<f32>,
+    pub m: usize,
+    pub k: usize,
+}
+
+impl PackedA {
+    /// `a[i * rs + j * cs]` is `A[i][j]`.
+    pub fn new(a: &[f32], m: usize, k: usize, rs: usize, cs: usize) -> Self {
+        let panels = m.div_ceil(MR);
+        let mut data = vec![0f32; panels * k * MR];
+        data.par_chunks_mut(k * MR).enumerate().for_each(|(p, panel)| {
+            for r in 0..MR.min(m - p * MR) {
+                let row = (p * MR + r) * rs;
+                for j in 0..k {
+                    panel[j * MR + r] = a[row + j * cs];
+                }
+            }
+        });
+        Self { data, m, k }
+    }
+
+    fn panel(&self, p: usize, k0: usize) -> &[f32] {
+        &self.data[p * self.k * MR + k0 * MR..]
+    }
+}
+
+/// Writes the block `B[k0 .. k0+kc][n0 .. n0+nc]` of batch item `b` into `buf` as NR-column
+/// panels: `buf[(c / NR) * kc * NR + kk * NR + c % NR] = B[k0 + kk][n0 + c]`, zero past N.
+pub trait PackB: Sync {
+    fn pack(&self, b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]);
+}
+
+/// B packed once (a layer's constant weights): panel j holds, for every k, the NR values
+/// `B[k][j*NR + c]` (zero past N), so any `kc x NR` micro-panel is a contiguous slice.
+pub struct PackedB {
+    data: Vec<f32>,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl PackedB {
+    /// `b[kk * ks + nn * ns]` is `B[kk][nn]`.
+    pub fn new(b: &[f32], k: usize, n: usize, ks: usize, ns: usize) -> Self {
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        data.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
+            for c in 0..NR.min(n - j * NR) {
+                let col = (j * NR + c) * ns;
+                for kk in 0..k {
+                    panel[kk * NR + c] = b[col + kk * ks];
+                }
+            }
+        });
+        Self { data, k, n }
+    }
+}
+
+/// Where the GEMM's B comes from.
+pub enum BSrc<'a> {
+    /// Packed block by block as the GEMM goes (convolution inputs).
+    Pack(&'a dyn PackB),
+    /// Packed beforehand (weights).
+    Packed(&'a PackedB),
+}
+
+/// Shares the output between tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `C_b += A * B_b` for every batch item b; C_b is `c[b * m * n ..]`, row-major `[M, N]`.
+pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32]) {
+    let (m, k) = (a.m, a.k);
+    assert!(c.len() >= batch * m * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let n_tiles = n.div_ceil(NC);
+    let m_panels = m.div_ceil(MR);
+    // Split M only when there are too few column tiles to keep every thread busy: each M chunk
+    // packs its own copy of B (prepacked B costs nothing to share, so split more freely).
+    let want = match bsrc {
+        BSrc::Pack(_) => 3 * threads,
+        BSrc::Packed(_) => 8 * threads,
+    };
+    let m_chunks = if batch * n_tiles >= want { 1 } else { want.div_ceil(batch * n_tiles).min(m_panels) };
+    let panels_per_chunk = m_panels.div_ceil(m_chunks);
+    let m_chunks = m_panels.div_ceil(panels_per_chunk);
+    let out = OutPtr(c.as_mut_ptr());
+    let tasks = batch * n_tiles * m_chunks;
+    let buf_len = if matches!(bsrc, BSrc::Pack(_)) { KC * NC } else { 0 };
+    (0..tasks).into_par_iter().for_each_init(
+        || vec![0f32; buf_len],
+        |buf, t| {
+            let out = out;
+            let mc = t % m_chunks;
+            let nt = (t / m_chunks) % n_tiles;
+            let b = t / (m_chunks * n_tiles);
+            let n0 = nt * NC;
+            let nc = NC.min(n - n0);
+            let p0 = mc * panels_per_chunk;
+            let p1 = (p0 + panels_per_chunk).min(m_panels);
+            let c_b = unsafe { out.0.add(b * m * n) };
+            let mut k0 = 0;
+            while k0 < k {
+                let kc = KC.min(k - k0);
+                if let BSrc::Pack(p) = &bsrc {
+                    p.pack(b, k0, kc, n0, nc, buf);
+                }
+                for p in p0..p1 {
+                    let rows = MR.min(m - p * MR);
+                    let ap = a.panel(p, k0);
+                    for j in 0..nc.div_ceil(NR) {
+                        let cols = NR.min(nc - j * NR);
+                        let bp = match &bsrc {
+                            BSrc::Pack(_) => &buf[j * kc * NR..],
+                            BSrc::Packed(pb) => &pb.data[(n0 / NR + j) * k * NR + k0 * NR..],
+                        };
+                        unsafe {
+                            let cp = c_b.add(p * MR * n + n0 + j * NR);
+                            micro(kc, ap.as_ptr(), bp.as_ptr(), cp, n, rows, cols);
+                        }
+                    }
+                }
+                k0 += kc;
+            }
+        },
+    );
+}
+
+/// One register tile: `C[rows x cols] += Ap (kc x MR) * Bp (kc x NR)`.
+///
+/// # Safety
+/// `ap` holds `kc * MR` floats, `bp` `kc * NR`, and `c` is valid for `rows` rows of `ldc`
+/// stride with `cols` columns each.
+#[inline]
+unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        micro_avx512(kc, ap, bp, c, ldc, rows, cols)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        micro_generic(kc, ap, bp, c, ldc, rows, cols)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_generic(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+    for r in 0..rows {
+        for col in 0..cols {
+            let mut s = 0f32;
+            for kk in 0..kc {
+                s += *ap.add(kk * MR + r) * *bp.add(kk * NR + col);
+            }
+            *c.add(r * ldc + col) += s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let mut acc = [[z; 2]; MR];
+    let mut a = ap;
+    let mut b = bp;
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = _mm512_loadu_ps(b.add(16));
+        // Fully unrolled by the compiler: MR is a constant.
+        for r in 0..MR {
+            let av = _mm512_set1_ps(*a.add(r));
+            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+        }
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    if cols == NR {
+        for r in 0..rows {
+            let cr = c.add(r * ldc);
+            _mm512_storeu_ps(cr, _mm512_add_ps(_mm512_loadu_ps(cr), acc[r][0]));
+            _mm512_storeu_ps(cr.add(16), _mm512_add_ps(_mm512_loadu_ps(cr.add(16)), acc[r][1]));
+        }
+    } else {
+        let m0: __mmask16 = if cols >= 16 { 0xffff } else { ((1u32 << cols) - 1) as __mmask16 };
+        let m1: __mmask16 = if cols <= 16 { 0 } else { ((1u32 << (cols - 16)) - 1) as __mmask16 };
+        for r in 0..rows {
+            let cr = c.add(r * ldc);
+            let v0 = _mm512_maskz_loadu_ps(m0, cr);
+            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(v0, acc[r][0]));
+            let v1 = _mm512_maskz_loadu_ps(m1, cr.add(16));
+            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(v1, acc[r][1]));
+        }
+    }
+}

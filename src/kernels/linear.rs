@@ -1,0 +1,78 @@
+//! Linear layers `y = x W^T + b` on the GEMM with the weight packed once: M = tokens (the
+//! activations, packed per call), N = output features (contiguous in y), K = input features.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::gemm::{gemm_packed, BSrc, PackedA, PackedB};
+
+pub struct PackedLinear {
+    b: PackedB,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+impl PackedLinear {
+    /// `weight`: f32 `[d_out, d_in]`.
+    pub fn new(weight: &Tensor) -> Result<Self> {
+        let (d_out, d_in) = weight.dims2()?;
+        let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        // B[k][n] = W[n][k]
+        Ok(Self { b: PackedB::new(&w, d_in, d_out, 1, d_in), d_in, d_out })
+    }
+
+    fn run(&self, x: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let xs = match (x.0, x.1.contiguous_offsets()) {
+            (CpuStorage::F32(d), Some((a, b))) => &d[a..b],
+            _ => candle_core::bail!("linear kernel: contiguous f32 input expected"),
+        };
+        let dims = x.1.shape().dims();
+        let d_in = *dims.last().unwrap_or(&0);
+        if d_in != self.d_in {
+            candle_core::bail!("linear kernel: input {:?}, weight expects {} features", x.1.shape(), self.d_in);
+        }
+        let m = xs.len() / d_in.max(1);
+        let mut out = vec![0f32; m * self.d_out];
+        if let Some((bs, bl)) = bias {
+            let bv = match (bs, bl.contiguous_offsets()) {
+                (CpuStorage::F32(d), Some((a, b))) if b - a == self.d_out => &d[a..b],
+                _ => candle_core::bail!("linear kernel: bias must be contiguous f32 [{}]", self.d_out),
+            };
+            for row in out.chunks_mut(self.d_out) {
+                row.copy_from_slice(bv);
+            }
+        }
+        let a = PackedA::new(xs, m, d_in, d_in, 1);
+        gemm_packed(&a, BSrc::Packed(&self.b), 1, self.d_out, &mut out);
+        let mut odims = dims.to_vec();
+        *odims.last_mut().unwrap() = self.d_out;
+        Ok((CpuStorage::F32(out), Shape::from(odims)))
+    }
+}
+
+struct LinearOp<'a>(&'a PackedLinear);
+
+impl CustomOp1 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "diffedit-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), None)
+    }
+}
+
+impl CustomOp2 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "diffedit-linear-bias"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), Some((s2, l2)))
+    }
+}
+
+pub fn linear_packed(x: &Tensor, w: &PackedLinear, bias: Option<&Tensor>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) => x.apply_op2_no_bwd(&b.contiguous()?, &LinearOp(w)),
+        None => x.apply_op1_no_bwd(&LinearOp(w)),
+    }
+}
