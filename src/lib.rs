@@ -10,6 +10,7 @@ pub mod error;
 pub mod image_io;
 pub mod models;
 pub mod scheduler;
+pub mod synth;
 pub mod trace;
 pub mod viz;
 pub mod cli;
