@@ -17,9 +17,8 @@ pub const MAX_INPUT_SIDE: u32 = 16384;
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bad = |msg: String| Error::Image { path: path.to_path_buf(), msg };
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ImageReader::new(std::io::BufReader::new(file))
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
+    let reader =
+        ImageReader::new(std::io::BufReader::new(file)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format().is_none() {
         return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
     }
@@ -60,7 +59,8 @@ pub fn processing_size(width: u32, height: u32, native: usize, multiple: usize) 
 /// Parses `WxH`.
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     let err = || Error::invalid(format!("--size must look like 512x384 (width x height), got `{s}`"));
-    let (w, h) = s.to_ascii_lowercase().split_once('x').ok_or_else(err)?;
+    let lower = s.to_ascii_lowercase();
+    let (w, h) = lower.split_once('x').ok_or_else(err)?;
     let w: usize = w.trim().parse().map_err(|_| err())?;
     let h: usize = h.trim().parse().map_err(|_| err())?;
     if w == 0 || h == 0 {
@@ -71,7 +71,13 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
 
 /// Checks a processing size against the model: sides multiples of the VAE factor, at least one
 /// UNet cell, and at most 4x the native side.
-pub fn check_processing_size(width: usize, height: usize, vae_factor: usize, unet_factor: usize, native: usize) -> Result<()> {
+pub fn check_processing_size(
+    width: usize,
+    height: usize,
+    vae_factor: usize,
+    unet_factor: usize,
+    native: usize,
+) -> Result<()> {
     if width % vae_factor != 0 || height % vae_factor != 0 {
         return Err(Error::invalid(format!(
             "size {width}x{height}: both sides must be multiples of {vae_factor} (the VAE's downscale factor)"
@@ -79,7 +85,9 @@ pub fn check_processing_size(width: usize, height: usize, vae_factor: usize, une
     }
     let min = vae_factor * unet_factor;
     if width < min || height < min {
-        return Err(Error::invalid(format!("size {width}x{height} is too small for this model: each side must be at least {min} pixels")));
+        return Err(Error::invalid(format!(
+            "size {width}x{height} is too small for this model: each side must be at least {min} pixels"
+        )));
     }
     let max = native * 4;
     if width > max || height > max {
@@ -139,7 +147,11 @@ pub fn map_values(t: &Tensor) -> Result<(usize, usize, Vec<f32>)> {
 pub fn check_output_path(path: &Path, flag: &str) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return Err(Error::invalid(format!("{flag} {}: the directory {} does not exist", path.display(), parent.display())));
+        return Err(Error::invalid(format!(
+            "{flag} {}: the directory {} does not exist",
+            path.display(),
+            parent.display()
+        )));
     }
     if path.is_dir() {
         return Err(Error::invalid(format!("{flag} {}: is a directory, a file name is needed", path.display())));
@@ -166,6 +178,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
     let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
     write_atomic(path, |tmp| {
-        img.save_with_format(tmp, format).map_err(|e| Error::Image { path: PathBuf::from(path), msg: format!("cannot write: {e}") })
+        img.save_with_format(tmp, format)
+            .map_err(|e| Error::Image { path: PathBuf::from(path), msg: format!("cannot write: {e}") })
     })
 }

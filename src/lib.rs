@@ -5,6 +5,7 @@
 //! functions), `diffedit` (mask, inversion, masked decoding, the whole edit), and the I/O and
 //! figure helpers used by the command-line tool in `cli`.
 
+pub mod cli;
 pub mod diffedit;
 pub mod error;
 pub mod image_io;
@@ -13,6 +14,5 @@ pub mod scheduler;
 pub mod synth;
 pub mod trace;
 pub mod viz;
-pub mod cli;
 
 pub use error::{Error, Result};

@@ -33,7 +33,8 @@ fn fixture(name: &str) -> String {
 
 /// Files in `dir`, to check that a failed run left nothing behind.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     v.sort();
     v
 }
@@ -64,13 +65,45 @@ fn edit_writes_every_file_at_input_size_and_trace_matches_reference() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
     let o = run(&[
-        "edit", "--model", &tiny(), "--image", &fixture("sd1_exact_96x64_in.png"),
-        "--source", "a bowl of fruit on a table", "--target", "a basket of fruit on a table",
-        "--steps", "12", "--encode-ratio", "0.6", "--guidance", "5.0", "--mask-samples", "4",
-        "--mask-threshold", "0.4", "--mask-noise-level", "0.7", "--alignment", "exact",
-        "--noise", &fixture("sd1_exact_96x64_noise.safetensors"), "--size", "96x64",
-        "--out", &p("out.png"), "--save-mask", &p("mask.png"), "--save-heatmap", &p("heat.png"),
-        "--save-overlay", &p("overlay.png"), "--trace", &p("trace.safetensors"), "--json", "-q",
+        "edit",
+        "--model",
+        &tiny(),
+        "--image",
+        &fixture("sd1_exact_96x64_in.png"),
+        "--source",
+        "a bowl of fruit on a table",
+        "--target",
+        "a basket of fruit on a table",
+        "--steps",
+        "12",
+        "--encode-ratio",
+        "0.6",
+        "--guidance",
+        "5.0",
+        "--mask-samples",
+        "4",
+        "--mask-threshold",
+        "0.4",
+        "--mask-noise-level",
+        "0.7",
+        "--alignment",
+        "exact",
+        "--noise",
+        &fixture("sd1_exact_96x64_noise.safetensors"),
+        "--size",
+        "96x64",
+        "--out",
+        &p("out.png"),
+        "--save-mask",
+        &p("mask.png"),
+        "--save-heatmap",
+        &p("heat.png"),
+        "--save-overlay",
+        &p("overlay.png"),
+        "--trace",
+        &p("trace.safetensors"),
+        "--json",
+        "-q",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for f in ["out.png", "mask.png", "heat.png", "overlay.png"] {
@@ -87,7 +120,9 @@ fn edit_writes_every_file_at_input_size_and_trace_matches_reference() {
 
     let ours = load_fixture(&dir.path().join("trace.safetensors"));
     let expected = load_fixture(&fixtures().join("pipeline/sd1_exact_96x64.safetensors"));
-    for key in ["emb_target", "emb_reference", "emb_uncond", "latents", "mask_norm", "inv_latents", "dec_latents", "decoded"] {
+    for key in
+        ["emb_target", "emb_reference", "emb_uncond", "latents", "mask_norm", "inv_latents", "dec_latents", "decoded"]
+    {
         assert_eq!(ours[key].dims(), expected[key].dims(), "{key}");
         let err = rel_l2(&ours[key], &expected[key]);
         assert!(err <= 1e-3, "{key}: rel_l2 {err:.3e}");
@@ -95,7 +130,12 @@ fn edit_writes_every_file_at_input_size_and_trace_matches_reference() {
     // The output picture is the decoded tensor, as the reference writes it.
     let ref_out = image::open(fixtures().join("pipeline/sd1_exact_96x64_out.png")).unwrap().to_rgb8();
     let our_out = image::open(dir.path().join("out.png")).unwrap().to_rgb8();
-    let max_diff = ref_out.pixels().zip(our_out.pixels()).flat_map(|(a, b)| (0..3).map(move |c| (a.0[c] as i32 - b.0[c] as i32).abs())).max().unwrap();
+    let max_diff = ref_out
+        .pixels()
+        .zip(our_out.pixels())
+        .flat_map(|(a, b)| (0..3).map(move |c| (a.0[c] as i32 - b.0[c] as i32).abs()))
+        .max()
+        .unwrap();
     assert!(max_diff <= 2, "output PNG differs from the reference's by up to {max_diff} levels");
 }
 
@@ -118,7 +158,14 @@ fn any_input_size_is_processed_at_model_size_and_written_back() {
     }
 }
 
-fn write_png(path: &Path, color: png::ColorType, depth: png::BitDepth, data: &[u8], palette: Option<Vec<u8>>, (w, h): (u32, u32)) {
+fn write_png(
+    path: &Path,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    data: &[u8],
+    palette: Option<Vec<u8>>,
+    (w, h): (u32, u32),
+) {
     let file = std::fs::File::create(path).unwrap();
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
     enc.set_color(color);
@@ -137,7 +184,13 @@ fn grayscale_rgba_palette_and_16_bit_images_are_converted() {
     let cases: Vec<(&str, png::ColorType, png::BitDepth, Vec<u8>, Option<Vec<u8>>)> = vec![
         ("gray.png", png::ColorType::Grayscale, png::BitDepth::Eight, (0..n).map(|i| (i % 256) as u8).collect(), None),
         ("rgba.png", png::ColorType::Rgba, png::BitDepth::Eight, (0..4 * n).map(|i| (i % 251) as u8).collect(), None),
-        ("palette.png", png::ColorType::Indexed, png::BitDepth::Eight, (0..n).map(|i| (i % 3) as u8).collect(), Some(vec![255, 0, 0, 0, 255, 0, 0, 0, 255])),
+        (
+            "palette.png",
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            (0..n).map(|i| (i % 3) as u8).collect(),
+            Some(vec![255, 0, 0, 0, 255, 0, 0, 0, 255]),
+        ),
         ("rgb16.png", png::ColorType::Rgb, png::BitDepth::Sixteen, (0..6 * n).map(|i| (i % 256) as u8).collect(), None),
     ];
     for (name, color, depth, data, palette) in cases {
@@ -155,7 +208,11 @@ fn bad_images_are_refused_with_their_name() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let missing = d.join("missing.png");
-    expect_failure(&quick(d, missing.to_str().unwrap()), d, &format!("{}: No such file or directory", missing.display()));
+    expect_failure(
+        &quick(d, missing.to_str().unwrap()),
+        d,
+        &format!("{}: No such file or directory", missing.display()),
+    );
 
     let corrupt = d.join("corrupt.png");
     let mut bytes = std::fs::read(fixtures().join("pipeline/sd1_exact_default_in.png")).unwrap();
@@ -173,7 +230,11 @@ fn bad_images_are_refused_with_their_name() {
 
     let small = d.join("small.png");
     image::RgbImage::new(8, 12).save(&small).unwrap();
-    expect_failure(&quick(d, small.to_str().unwrap()), d, &format!("{}: image is 8x12; each side must be at least 16 pixels", small.display()));
+    expect_failure(
+        &quick(d, small.to_str().unwrap()),
+        d,
+        &format!("{}: image is 8x12; each side must be at least 16 pixels", small.display()),
+    );
 
     #[cfg(unix)]
     {
@@ -202,9 +263,21 @@ fn sizes_outside_the_model_limits_are_refused() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
-    expect_failure(&with(&["--size", "63x64"]), d, "size 63x64: both sides must be multiples of 2 (the VAE's downscale factor)");
-    expect_failure(&with(&["--size", "2x64"]), d, "size 2x64 is too small for this model: each side must be at least 4 pixels");
-    expect_failure(&with(&["--size", "512x64"]), d, "size 512x64 is too large for this model: each side must be at most 256 pixels (4x its native 64)");
+    expect_failure(
+        &with(&["--size", "63x64"]),
+        d,
+        "size 63x64: both sides must be multiples of 2 (the VAE's downscale factor)",
+    );
+    expect_failure(
+        &with(&["--size", "2x64"]),
+        d,
+        "size 2x64 is too small for this model: each side must be at least 4 pixels",
+    );
+    expect_failure(
+        &with(&["--size", "512x64"]),
+        d,
+        "size 512x64 is too large for this model: each side must be at most 256 pixels (4x its native 64)",
+    );
     expect_failure(&with(&["--size", "64by64"]), d, "--size must look like 512x384 (width x height), got `64by64`");
 }
 
@@ -245,11 +318,23 @@ fn missing_output_directory_is_refused() {
     let nowhere = d.join("no/such/dir/out.png");
     let i = a.iter().position(|x| x == "--out").unwrap();
     a[i + 1] = nowhere.display().to_string();
-    expect_failure(&a, d, &format!("--out {}: the directory {} does not exist", nowhere.display(), nowhere.parent().unwrap().display()));
+    expect_failure(
+        &a,
+        d,
+        &format!("--out {}: the directory {} does not exist", nowhere.display(), nowhere.parent().unwrap().display()),
+    );
     let mut b = quick(d, &fixture("sd1_exact_default_in.png"));
     let heat = d.join("missing/heat.png");
     b.extend(["--save-heatmap".to_string(), heat.display().to_string()]);
-    expect_failure(&b, d, &format!("--save-heatmap {}: the directory {} does not exist", heat.display(), heat.parent().unwrap().display()));
+    expect_failure(
+        &b,
+        d,
+        &format!(
+            "--save-heatmap {}: the directory {} does not exist",
+            heat.display(),
+            heat.parent().unwrap().display()
+        ),
+    );
 }
 
 #[test]
@@ -261,7 +346,8 @@ fn bad_noise_files_are_refused() {
     let noise_dir = tempfile::tempdir().unwrap();
     let write = |name: &str, tensors: Vec<(&str, Tensor)>| -> PathBuf {
         let p = noise_dir.path().join(name);
-        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let map: std::collections::HashMap<String, Tensor> =
+            tensors.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         candle_core::safetensors::save(&map, &p).unwrap();
         p
     };
@@ -272,11 +358,25 @@ fn bad_noise_files_are_refused() {
         a
     };
     let only_vae = write("only_vae.safetensors", vec![("vae_noise", z(&[1, 4, 32, 32]))]);
-    expect_failure(&with_noise(&only_vae), d, &format!("{}: missing tensor `mask_noise` (expected shape [1, 1, 4, 32, 32])", only_vae.display()));
-    let wrong = write("wrong.safetensors", vec![("vae_noise", z(&[1, 4, 16, 16])), ("mask_noise", z(&[1, 1, 4, 32, 32]))]);
-    expect_failure(&with_noise(&wrong), d, &format!("{}: tensor `vae_noise` has shape [1, 4, 16, 16], expected [1, 4, 32, 32]", wrong.display()));
-    let samples = write("samples.safetensors", vec![("vae_noise", z(&[1, 4, 32, 32])), ("mask_noise", z(&[3, 1, 4, 32, 32]))]);
-    expect_failure(&with_noise(&samples), d, &format!("{}: tensor `mask_noise` has shape [3, 1, 4, 32, 32], expected [1, 1, 4, 32, 32]", samples.display()));
+    expect_failure(
+        &with_noise(&only_vae),
+        d,
+        &format!("{}: missing tensor `mask_noise` (expected shape [1, 1, 4, 32, 32])", only_vae.display()),
+    );
+    let wrong =
+        write("wrong.safetensors", vec![("vae_noise", z(&[1, 4, 16, 16])), ("mask_noise", z(&[1, 1, 4, 32, 32]))]);
+    expect_failure(
+        &with_noise(&wrong),
+        d,
+        &format!("{}: tensor `vae_noise` has shape [1, 4, 16, 16], expected [1, 4, 32, 32]", wrong.display()),
+    );
+    let samples =
+        write("samples.safetensors", vec![("vae_noise", z(&[1, 4, 32, 32])), ("mask_noise", z(&[3, 1, 4, 32, 32]))]);
+    expect_failure(
+        &with_noise(&samples),
+        d,
+        &format!("{}: tensor `mask_noise` has shape [3, 1, 4, 32, 32], expected [1, 1, 4, 32, 32]", samples.display()),
+    );
     let garbage = noise_dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
     expect_failure(&with_noise(&garbage), d, &format!("{}: cannot read noise file", garbage.display()));

@@ -29,41 +29,25 @@ fn load_clip(name: &str, dtype: DType) -> ClipTextModel {
 /// Token ids (u32) and the reference last hidden state.
 fn fixture(name: &str) -> (Tensor, Tensor) {
     let fx = load_fixture(&common::fixtures().join(format!("parity/clip_{name}.safetensors")));
-    (
-        fx["input_ids"].to_dtype(DType::U32).unwrap(),
-        fx["last_hidden_state"].clone(),
-    )
+    (fx["input_ids"].to_dtype(DType::U32).unwrap(), fx["last_hidden_state"].clone())
 }
 
 fn check_f32(name: &str) {
     let model = load_clip(name, DType::F32);
     let (ids, expected) = fixture(name);
     let hidden = model.forward(&ids).unwrap();
-    assert_close(
-        &format!("{name} last_hidden_state"),
-        &hidden,
-        &expected,
-        1e-4,
-    );
+    assert_close(&format!("{name} last_hidden_state"), &hidden, &expected, 1e-4);
     // Row by row as well: the empty prompt is mostly padding, the long one is truncated.
     for row in 0..ids.dim(0).unwrap() {
         let one = model.forward(&ids.narrow(0, row, 1).unwrap()).unwrap();
-        assert_close(
-            &format!("{name} row {row}"),
-            &one,
-            &expected.narrow(0, row, 1).unwrap(),
-            1e-4,
-        );
+        assert_close(&format!("{name} row {row}"), &one, &expected.narrow(0, row, 1).unwrap(), 1e-4);
     }
 }
 
 #[test]
 fn tiny_sd_matches_transformers() {
     let model = load_clip("tiny-sd", DType::F32);
-    assert_eq!(
-        (model.config.hidden_size, model.config.hidden_act.as_str()),
-        (32, "quick_gelu")
-    );
+    assert_eq!((model.config.hidden_size, model.config.hidden_act.as_str()), (32, "quick_gelu"));
     check_f32("tiny-sd");
 }
 
@@ -71,10 +55,7 @@ fn tiny_sd_matches_transformers() {
 fn tiny_sd2_matches_transformers() {
     // Stored in f16, computed in f32 here and in the reference.
     let model = load_clip("tiny-sd2", DType::F32);
-    assert_eq!(
-        (model.config.hidden_size, model.config.hidden_act.as_str()),
-        (48, "gelu")
-    );
+    assert_eq!((model.config.hidden_size, model.config.hidden_act.as_str()), (48, "gelu"));
     check_f32("tiny-sd2");
 }
 
@@ -86,12 +67,7 @@ fn shorter_sequences_are_a_causal_prefix() {
     let full = model.forward(&ids).unwrap();
     let prefix = model.forward(&ids.narrow(1, 0, 10).unwrap()).unwrap();
     assert_eq!(prefix.dims(), &[3, 10, 32]);
-    assert_close(
-        "prefix of 10 tokens",
-        &prefix,
-        &full.narrow(1, 0, 10).unwrap(),
-        1e-6,
-    );
+    assert_close("prefix of 10 tokens", &prefix, &full.narrow(1, 0, 10).unwrap(), 1e-6);
 }
 
 #[test]
@@ -99,10 +75,7 @@ fn too_many_tokens_is_an_error() {
     let model = load_clip("tiny-sd", DType::F32);
     let ids = Tensor::zeros((1, 78), DType::U32, &Device::Cpu).unwrap();
     let err = model.forward(&ids).unwrap_err().to_string();
-    assert_eq!(
-        err,
-        "ClipTextModel::forward: 78 tokens, expected 1 to 77 (max_position_embeddings)"
-    );
+    assert_eq!(err, "ClipTextModel::forward: 78 tokens, expected 1 to 77 (max_position_embeddings)");
 }
 
 /// A full `CLIPConfig` as in openai/clip-vit-large-patch14: the text tower is `text_config`,
@@ -129,27 +102,11 @@ fn nested_text_config_parses() {
     .unwrap();
     let c = ClipTextConfig::from_file(&path).unwrap();
     assert_eq!(
-        (
-            c.vocab_size,
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_hidden_layers,
-            c.num_attention_heads
-        ),
+        (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads),
         (49408, 768, 3072, 12, 12)
     );
-    assert_eq!(
-        (
-            c.max_position_embeddings,
-            c.hidden_act.as_str(),
-            c.layer_norm_eps
-        ),
-        (77, "quick_gelu", 1e-5)
-    );
-    assert_eq!(
-        (c.bos_token_id, c.eos_token_id, c.pad_token_id),
-        (Some(0), Some(2), Some(1))
-    );
+    assert_eq!((c.max_position_embeddings, c.hidden_act.as_str(), c.layer_norm_eps), (77, "quick_gelu", 1e-5));
+    assert_eq!((c.bos_token_id, c.eos_token_id, c.pad_token_id), (Some(0), Some(2), Some(1)));
     assert_eq!(c.projection_dim, Some(768));
 }
 
@@ -177,13 +134,7 @@ fn config_errors_name_file_and_key() {
     );
     std::fs::write(&path, r#"{"hidden_size": 30, "num_attention_heads": 4}"#).unwrap();
     let err = ClipTextConfig::from_file(&path).unwrap_err().to_string();
-    assert_eq!(
-        err,
-        format!(
-            "{}: key `num_attention_heads`: 4 does not divide `hidden_size` = 30",
-            path.display()
-        )
-    );
+    assert_eq!(err, format!("{}: key `num_attention_heads`: 4 does not divide `hidden_size` = 30", path.display()));
 }
 
 /// The tiny encoders are stored as `CLIPTextModel` saves them (no prefix); a full `CLIPModel`
@@ -193,45 +144,25 @@ fn text_model_prefixed_weights_load() {
     let src = encoder_dir("tiny-sd").join("model.safetensors");
     let tensors = candle_core::safetensors::load(&src, &Device::Cpu).unwrap();
     assert!(tensors.keys().all(|k| !k.starts_with("text_model.")));
-    let mut prefixed: HashMap<String, Tensor> = tensors
-        .into_iter()
-        .map(|(k, v)| (format!("text_model.{k}"), v))
-        .collect();
+    let mut prefixed: HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, v)| (format!("text_model.{k}"), v)).collect();
     let dev = Device::Cpu;
-    prefixed.insert(
-        "text_projection.weight".into(),
-        Tensor::zeros((32, 32), DType::F32, &dev).unwrap(),
-    );
+    prefixed.insert("text_projection.weight".into(), Tensor::zeros((32, 32), DType::F32, &dev).unwrap());
     prefixed.insert(
         "vision_model.embeddings.patch_embedding.weight".into(),
         Tensor::zeros((16, 3, 4, 4), DType::F32, &dev).unwrap(),
     );
     // Vision weights are not part of the text model and must be left alone.
-    prefixed.insert(
-        "vision_model.post_layernorm.weight".into(),
-        Tensor::ones(16, DType::F32, &dev).unwrap(),
-    );
+    prefixed.insert("vision_model.post_layernorm.weight".into(), Tensor::ones(16, DType::F32, &dev).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     candle_core::safetensors::save(&prefixed, &path).unwrap();
 
     let (ids, expected) = fixture("tiny-sd");
     let plain = load_clip("tiny-sd", DType::F32).forward(&ids).unwrap();
-    let from_prefixed = load_clip_from(path, "tiny-sd", DType::F32)
-        .forward(&ids)
-        .unwrap();
-    assert_close(
-        "text_model.-prefixed weights vs plain",
-        &from_prefixed,
-        &plain,
-        0.0,
-    );
-    assert_close(
-        "text_model.-prefixed weights vs transformers",
-        &from_prefixed,
-        &expected,
-        1e-4,
-    );
+    let from_prefixed = load_clip_from(path, "tiny-sd", DType::F32).forward(&ids).unwrap();
+    assert_close("text_model.-prefixed weights vs plain", &from_prefixed, &plain, 0.0);
+    assert_close("text_model.-prefixed weights vs transformers", &from_prefixed, &expected, 1e-4);
 }
 
 /// The text encoder in f16 on candle's CPU against the f32 reference.
@@ -242,11 +173,6 @@ fn f16_is_close_to_the_f32_reference() {
         let (ids, expected) = fixture(name);
         let hidden = model.forward(&ids).unwrap();
         assert_eq!(hidden.dtype(), DType::F16);
-        assert_close(
-            &format!("{name} f16 last_hidden_state"),
-            &hidden,
-            &expected,
-            5e-3,
-        );
+        assert_close(&format!("{name} f16 last_hidden_state"), &hidden, &expected, 5e-3);
     }
 }

@@ -28,14 +28,9 @@ struct Case {
 }
 
 fn cases(model: &str) -> Vec<Case> {
-    let path = common::fixtures()
-        .join("parity")
-        .join(format!("unet_{model}.safetensors"));
+    let path = common::fixtures().join("parity").join(format!("unet_{model}.safetensors"));
     let tensors = common::load_fixture(&path);
-    let mut names: Vec<String> = tensors
-        .keys()
-        .filter_map(|k| k.strip_suffix(".out").map(String::from))
-        .collect();
+    let mut names: Vec<String> = tensors.keys().filter_map(|k| k.strip_suffix(".out").map(String::from)).collect();
     names.sort();
     assert!(!names.is_empty(), "no cases in {}", path.display());
     names
@@ -43,13 +38,7 @@ fn cases(model: &str) -> Vec<Case> {
         .map(|name| {
             let get = |what: &str| tensors[&format!("{name}.{what}")].clone();
             let timestep = get("timestep").to_vec1::<f64>().unwrap()[0];
-            Case {
-                sample: get("sample"),
-                context: get("encoder_hidden_states"),
-                expected: get("out"),
-                timestep,
-                name,
-            }
+            Case { sample: get("sample"), context: get("encoder_hidden_states"), expected: get("out"), timestep, name }
         })
         .collect()
 }
@@ -57,16 +46,9 @@ fn cases(model: &str) -> Vec<Case> {
 fn check_f32(model: &str) {
     let unet = load_unet(model, DType::F32);
     for case in cases(model) {
-        let out = unet
-            .forward(&case.sample, case.timestep, &case.context)
-            .unwrap();
+        let out = unet.forward(&case.sample, case.timestep, &case.context).unwrap();
         assert_eq!(out.dims(), case.expected.dims());
-        let label = format!(
-            "{model} {} {:?} t={}",
-            case.name,
-            case.sample.dims(),
-            case.timestep
-        );
+        let label = format!("{model} {} {:?} t={}", case.name, case.sample.dims(), case.timestep);
         common::assert_close(&label, &out, &case.expected, 1e-4);
     }
 }
@@ -94,10 +76,7 @@ fn check_f16(model: &str, upcast_attention: bool) {
         let out = unet.forward(&sample, case.timestep, &context).unwrap();
         assert_eq!(out.dtype(), DType::F16);
         let out = out.to_dtype(DType::F32).unwrap();
-        let label = format!(
-            "{model} f16 (upcast {upcast_attention}) {} t={}",
-            case.name, case.timestep
-        );
+        let label = format!("{model} f16 (upcast {upcast_attention}) {} t={}", case.name, case.timestep);
         common::assert_close(&label, &out, &case.expected, 5e-3);
     }
 }
@@ -129,26 +108,17 @@ fn single_text_is_broadcast_over_batch() {
     let b = case.sample.dim(0).unwrap();
     let repeated = one.repeat((b, 1, 1)).unwrap();
     let a = unet.forward(&case.sample, case.timestep, &one).unwrap();
-    let r = unet
-        .forward(&case.sample, case.timestep, &repeated)
-        .unwrap();
+    let r = unet.forward(&case.sample, case.timestep, &repeated).unwrap();
     assert_eq!(common::rel_l2(&a, &r), 0.0);
 
     let wrong = case.context.repeat((2, 1, 1)).unwrap();
-    let err = unet
-        .forward(&case.sample, case.timestep, &wrong)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("encoder_hidden_states has batch 4, sample has batch 2"),
-        "{err}"
-    );
+    let err = unet.forward(&case.sample, case.timestep, &wrong).unwrap_err().to_string();
+    assert!(err.contains("encoder_hidden_states has batch 4, sample has batch 2"), "{err}");
 }
 
 fn tiny_sd_config_with(key: &str, value: serde_json::Value) -> UNet2DConditionConfig {
     let path = common::tiny_model("tiny-sd").join("unet/config.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     json[key] = value;
     parse_config(&json.to_string(), Path::new("unet/config.json")).unwrap()
 }
@@ -156,41 +126,13 @@ fn tiny_sd_config_with(key: &str, value: serde_json::Value) -> UNet2DConditionCo
 #[test]
 fn unsupported_config_values_are_refused_by_key() {
     let cases = [
-        (
-            "class_embed_type",
-            serde_json::json!("timestep"),
-            "class_embed_type",
-        ),
-        (
-            "addition_embed_type",
-            serde_json::json!("text_time"),
-            "addition_embed_type",
-        ),
-        (
-            "resnet_time_scale_shift",
-            serde_json::json!("scale_shift"),
-            "resnet_time_scale_shift",
-        ),
-        (
-            "time_embedding_type",
-            serde_json::json!("fourier"),
-            "time_embedding_type",
-        ),
-        (
-            "mid_block_type",
-            serde_json::json!("UNetMidBlock2DSimpleCrossAttn"),
-            "mid_block_type",
-        ),
-        (
-            "down_block_types",
-            serde_json::json!(["SimpleCrossAttnDownBlock2D", "DownBlock2D"]),
-            "down_block_types[0]",
-        ),
-        (
-            "attention_head_dim",
-            serde_json::json!([8, 8, 8]),
-            "attention_head_dim",
-        ),
+        ("class_embed_type", serde_json::json!("timestep"), "class_embed_type"),
+        ("addition_embed_type", serde_json::json!("text_time"), "addition_embed_type"),
+        ("resnet_time_scale_shift", serde_json::json!("scale_shift"), "resnet_time_scale_shift"),
+        ("time_embedding_type", serde_json::json!("fourier"), "time_embedding_type"),
+        ("mid_block_type", serde_json::json!("UNetMidBlock2DSimpleCrossAttn"), "mid_block_type"),
+        ("down_block_types", serde_json::json!(["SimpleCrossAttnDownBlock2D", "DownBlock2D"]), "down_block_types[0]"),
+        ("attention_head_dim", serde_json::json!([8, 8, 8]), "attention_head_dim"),
     ];
     for (key, value, named) in cases {
         let config = tiny_sd_config_with(key, value);
@@ -198,18 +140,14 @@ fn unsupported_config_values_are_refused_by_key() {
         assert!(err.contains(&format!("`{named}`")), "{key}: {err}");
     }
     assert_eq!(
-        tiny_sd_config_with("class_embed_type", serde_json::json!("timestep"))
-            .validate()
-            .unwrap_err(),
+        tiny_sd_config_with("class_embed_type", serde_json::json!("timestep")).validate().unwrap_err(),
         "unsupported `class_embed_type` = \"timestep\": only null is supported"
     );
 
     // `new` refuses it too, before touching any weight.
     let config = tiny_sd_config_with("class_embed_type", serde_json::json!("timestep"));
     let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
-    let err = UNet2DConditionModel::new(vb, &config)
-        .unwrap_err()
-        .to_string();
+    let err = UNet2DConditionModel::new(vb, &config).unwrap_err().to_string();
     assert!(err.contains("`class_embed_type`"), "{err}");
 }
 

@@ -14,8 +14,7 @@ use diffedit::models::weights::Weights;
 fn load_vae(name: &str, dtype: DType) -> AutoencoderKL {
     let dir = tiny_model(name).join("vae");
     let config: AutoencoderKLConfig = read_config(&dir.join("config.json")).unwrap();
-    let weights =
-        Arc::new(Weights::open(&[dir.join("diffusion_pytorch_model.safetensors")]).unwrap());
+    let weights = Arc::new(Weights::open(&[dir.join("diffusion_pytorch_model.safetensors")]).unwrap());
     AutoencoderKL::new(weights.var_builder(dtype, &Device::Cpu), &config).unwrap()
 }
 
@@ -27,18 +26,8 @@ fn check_f32(name: &str) {
     let vae = load_vae(name, DType::F32);
     let fx = fixture(name);
     let dist = vae.encode(&fx["image"]).unwrap();
-    assert_close(
-        &format!("{name} encode mean"),
-        &dist.mean,
-        &fx["mean"],
-        1e-4,
-    );
-    assert_close(
-        &format!("{name} encode logvar"),
-        &dist.logvar,
-        &fx["logvar"],
-        1e-4,
-    );
+    assert_close(&format!("{name} encode mean"), &dist.mean, &fx["mean"], 1e-4);
+    assert_close(&format!("{name} encode logvar"), &dist.logvar, &fx["logvar"], 1e-4);
     assert_close(&format!("{name} encode std"), &dist.std, &fx["std"], 1e-4);
     let decoded = vae.decode(&fx["latents"]).unwrap();
     assert_close(&format!("{name} decode"), &decoded, &fx["decoded"], 1e-4);
@@ -72,16 +61,10 @@ fn wrong_channel_count_is_an_error() {
     let vae = load_vae("tiny-sd", DType::F32);
     let image = Tensor::zeros((1, 4, 16, 16), DType::F32, &Device::Cpu).unwrap();
     let err = vae.encode(&image).unwrap_err().to_string();
-    assert_eq!(
-        err,
-        "AutoencoderKL::encode: image has 4 channels, the VAE expects 3 ([B, C, H, W])"
-    );
+    assert_eq!(err, "AutoencoderKL::encode: image has 4 channels, the VAE expects 3 ([B, C, H, W])");
     let latents = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let err = vae.decode(&latents).unwrap_err().to_string();
-    assert_eq!(
-        err,
-        "AutoencoderKL::decode: latents have 3 channels, the VAE expects 4 ([B, C, h, w])"
-    );
+    assert_eq!(err, "AutoencoderKL::decode: latents have 3 channels, the VAE expects 4 ([B, C, h, w])");
 }
 
 /// The VAE in f16 on candle's CPU against the f32 reference.
@@ -90,36 +73,12 @@ fn f16_is_close_to_the_f32_reference() {
     for name in ["tiny-sd", "tiny-sd2"] {
         let vae = load_vae(name, DType::F16);
         let fx = fixture(name);
-        let dist = vae
-            .encode(&fx["image"].to_dtype(DType::F16).unwrap())
-            .unwrap();
+        let dist = vae.encode(&fx["image"].to_dtype(DType::F16).unwrap()).unwrap();
         assert_eq!(dist.mean.dtype(), DType::F16);
-        assert_close(
-            &format!("{name} f16 encode mean"),
-            &dist.mean,
-            &fx["mean"],
-            5e-3,
-        );
-        assert_close(
-            &format!("{name} f16 encode logvar"),
-            &dist.logvar,
-            &fx["logvar"],
-            5e-3,
-        );
-        assert_close(
-            &format!("{name} f16 encode std"),
-            &dist.std,
-            &fx["std"],
-            5e-3,
-        );
-        let decoded = vae
-            .decode(&fx["latents"].to_dtype(DType::F16).unwrap())
-            .unwrap();
-        assert_close(
-            &format!("{name} f16 decode"),
-            &decoded,
-            &fx["decoded"],
-            5e-3,
-        );
+        assert_close(&format!("{name} f16 encode mean"), &dist.mean, &fx["mean"], 5e-3);
+        assert_close(&format!("{name} f16 encode logvar"), &dist.logvar, &fx["logvar"], 5e-3);
+        assert_close(&format!("{name} f16 encode std"), &dist.std, &fx["std"], 5e-3);
+        let decoded = vae.decode(&fx["latents"].to_dtype(DType::F16).unwrap()).unwrap();
+        assert_close(&format!("{name} f16 decode"), &decoded, &fx["decoded"], 5e-3);
     }
 }

@@ -49,8 +49,12 @@ fn check_case(name: &str) {
     let img = load_rgb(&dir.join(format!("{name}_in.png"))).unwrap();
     let image = image_to_tensor(&img).unwrap();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let noise = Noise::from_file(&dir.join(format!("{name}_noise.safetensors")), pipeline.latent_shape(w, h), params.mask_samples)
-        .unwrap();
+    let noise = Noise::from_file(
+        &dir.join(format!("{name}_noise.safetensors")),
+        pipeline.latent_shape(w, h),
+        params.mask_samples,
+    )
+    .unwrap();
     let source = json["params"]["source"].as_str().unwrap();
     let target = json["params"]["target"].as_str().unwrap();
     let out = pipeline.edit(&image, source, target, &noise, &Silent).unwrap();
@@ -64,7 +68,9 @@ fn check_case(name: &str) {
 
     let ours = trace_tensors(&out).unwrap();
     let mut worst = 0f64;
-    for key in ["emb_target", "emb_reference", "emb_uncond", "latents", "mask_norm", "inv_latents", "dec_latents", "decoded"] {
+    for key in
+        ["emb_target", "emb_reference", "emb_uncond", "latents", "mask_norm", "inv_latents", "dec_latents", "decoded"]
+    {
         let (a, b) = (&ours[key], &expected[key]);
         assert_eq!(a.dims(), b.dims(), "{name}: {key} shape");
         let err = rel_l2(a, b);

@@ -8,7 +8,10 @@ use clap::Args;
 use super::{default_out, path_str, ModelArgs, OutputArgs};
 use crate::diffedit::{Alignment, DiffEdit, EditParams, Noise};
 use crate::error::{Error, Result};
-use crate::image_io::{self, check_output_path, check_processing_size, image_to_tensor, load_rgb, processing_size, resize, save_image, tensor_to_image};
+use crate::image_io::{
+    self, check_output_path, check_processing_size, image_to_tensor, load_rgb, processing_size, resize, save_image,
+    tensor_to_image,
+};
 use crate::viz;
 
 #[derive(Args, Debug)]

@@ -13,7 +13,8 @@ use crate::models::hub::Fetcher;
 use crate::models::loading::{ModelSpec, StableDiffusion};
 
 #[derive(Parser, Debug)]
-#[command(name = "diffedit", version, about = "DiffEdit: edit a picture with two prompts, no mask to draw")]
+#[command(name = "diffedit", version, args_override_self = true)]
+#[command(about = "DiffEdit: edit a picture with two prompts, no mask to draw")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

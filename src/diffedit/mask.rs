@@ -42,9 +42,7 @@ pub fn mask_difference(
     progress.start(Stage::Mask, 2 * n);
     // Row r of the 2N rows is sample r/2 under the target (even r) or the reference (odd r), so a
     // pair shares a batch whenever the batch size is even.
-    let noisy: Vec<Tensor> = (0..n)
-        .map(|k| add_noise(schedule, latents, &noises.get(k)?, t))
-        .collect::<Result<_>>()?;
+    let noisy: Vec<Tensor> = (0..n).map(|k| add_noise(schedule, latents, &noises.get(k)?, t)).collect::<Result<_>>()?;
     let mut predictions: Vec<Tensor> = Vec::with_capacity(2 * n);
     let rows: Vec<usize> = (0..2 * n).collect();
     for chunk in rows.chunks(batch_size.max(1)) {

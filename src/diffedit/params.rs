@@ -86,7 +86,10 @@ impl EditParams {
             return Err(Error::invalid("--steps must be at least 1, got 0"));
         }
         if self.steps > 1000 {
-            return Err(Error::invalid(format!("--steps must be at most 1000 (the training timesteps), got {}", self.steps)));
+            return Err(Error::invalid(format!(
+                "--steps must be at most 1000 (the training timesteps), got {}",
+                self.steps
+            )));
         }
         if !(self.encode_ratio > 0.0 && self.encode_ratio <= 1.0) {
             return Err(Error::invalid(format!("--encode-ratio must be in (0, 1], got {}", self.encode_ratio)));

@@ -63,7 +63,10 @@ impl Noise {
             }
             Ok(t.to_dtype(DType::F32)?)
         };
-        Ok(Self { vae_noise: take("vae_noise", &[1, c, h, w])?, mask_noise: take("mask_noise", &[samples, 1, c, h, w])? })
+        Ok(Self {
+            vae_noise: take("vae_noise", &[1, c, h, w])?,
+            mask_noise: take("mask_noise", &[samples, 1, c, h, w])?,
+        })
     }
 }
 
@@ -157,7 +160,13 @@ impl<'m> DiffEdit<'m> {
     }
 
     /// Step 1: the mask for `latents` under the two prompts.
-    pub fn mask(&self, latents: &Tensor, emb: &PromptEmbeddings, mask_noise: &Tensor, progress: &dyn Progress) -> Result<MaskOutput> {
+    pub fn mask(
+        &self,
+        latents: &Tensor,
+        emb: &PromptEmbeddings,
+        mask_noise: &Tensor,
+        progress: &dyn Progress,
+    ) -> Result<MaskOutput> {
         let t = mask_timestep(&self.timesteps, self.params.mask_timestep_index());
         let noise = mask_noise.to_device(&self.model.device)?.to_dtype(self.model.dtype)?;
         Ok(compute_mask(
@@ -175,7 +184,13 @@ impl<'m> DiffEdit<'m> {
     }
 
     /// Step 2: `n_steps` inversion steps on the source prompt.
-    pub fn invert(&self, latents: &Tensor, emb: &PromptEmbeddings, n_steps: usize, progress: &dyn Progress) -> Result<Vec<Tensor>> {
+    pub fn invert(
+        &self,
+        latents: &Tensor,
+        emb: &PromptEmbeddings,
+        n_steps: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Tensor>> {
         Ok(ddim_invert(
             &self.unet,
             &self.model.schedule,
@@ -201,7 +216,11 @@ impl<'m> DiffEdit<'m> {
     ) -> Result<Vec<Tensor>> {
         let alignment = self.params.alignment;
         let start = inverted.get(start_index(alignment, s)).ok_or_else(|| {
-            Error::invalid(format!("decoding {s} steps needs {} inverted latents, got {}", start_index(alignment, s) + 1, inverted.len()))
+            Error::invalid(format!(
+                "decoding {s} steps needs {} inverted latents, got {}",
+                start_index(alignment, s) + 1,
+                inverted.len()
+            ))
         })?;
         let blend = mask.map(|mask| Blend { mask, inverted, alignment });
         Ok(ddim_decode(
@@ -226,11 +245,22 @@ impl<'m> DiffEdit<'m> {
     }
 
     /// The whole edit of `image` [1,3,H,W] in [-1,1].
-    pub fn edit(&self, image: &Tensor, source: &str, target: &str, noise: &Noise, progress: &dyn Progress) -> Result<EditOutput> {
+    pub fn edit(
+        &self,
+        image: &Tensor,
+        source: &str,
+        target: &str,
+        noise: &Noise,
+        progress: &dyn Progress,
+    ) -> Result<EditOutput> {
         let (_, _, height, width) = image.dims4()?;
         let (c, h, w) = self.latent_shape(width, height);
         if noise.vae_noise.dims() != [1, c, h, w] {
-            return Err(Error::invalid(format!("vae_noise has shape {:?}, expected {:?}", noise.vae_noise.dims(), [1, c, h, w])));
+            return Err(Error::invalid(format!(
+                "vae_noise has shape {:?}, expected {:?}",
+                noise.vae_noise.dims(),
+                [1, c, h, w]
+            )));
         }
         if noise.mask_noise.dims() != [self.params.mask_samples, 1, c, h, w] {
             return Err(Error::invalid(format!(

@@ -22,13 +22,7 @@ pub const ATTENTION_SCORE_BUDGET_BYTES: usize = 256 << 20;
 /// overflow f16 (SD 2.1 at 768 px). Queries are processed in chunks that keep one block of scores
 /// under [`ATTENTION_SCORE_BUDGET_BYTES`]; rows of the softmax are independent, so chunking
 /// changes the result only by the GEMM's rounding (its blocking depends on the row count).
-pub fn scaled_dot_product_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    upcast: bool,
-) -> Result<Tensor> {
+pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, upcast: bool) -> Result<Tensor> {
     attention_in_chunks(q, k, v, scale, upcast, ATTENTION_SCORE_BUDGET_BYTES)
 }
 
@@ -104,10 +98,11 @@ impl Attention {
     /// `[B, L, C]` -> `[B * heads, L, dim_head]`.
     fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
-        xs.reshape((b, l, self.heads, self.dim_head))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * self.heads, l, self.dim_head))
+        xs.reshape((b, l, self.heads, self.dim_head))?.transpose(1, 2)?.contiguous()?.reshape((
+            b * self.heads,
+            l,
+            self.dim_head,
+        ))
     }
 
     /// `xs` `[B, L, query_dim]`; `context` `[B, S, context_dim]` or `None` for self-attention.
@@ -119,10 +114,11 @@ impl Attention {
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let scale = 1.0 / (self.dim_head as f64).sqrt();
         let out = scaled_dot_product_attention(&q, &k, &v, scale, self.upcast)?;
-        let out = out
-            .reshape((b, self.heads, l, self.dim_head))?
-            .transpose(1, 2)?
-            .reshape((b, l, self.heads * self.dim_head))?;
+        let out = out.reshape((b, self.heads, l, self.dim_head))?.transpose(1, 2)?.reshape((
+            b,
+            l,
+            self.heads * self.dim_head,
+        ))?;
         self.to_out.forward(&out)
     }
 }
@@ -170,14 +166,7 @@ impl BasicTransformerBlock {
     pub fn new(vb: VarBuilder, dim: usize, cfg: &TransformerConfig) -> Result<Self> {
         let ln = |name: &str| candle_nn::layer_norm(dim, 1e-5, vb.pp(name));
         let attn1_context = cfg.only_cross_attention.then_some(cfg.cross_attention_dim);
-        let attn1 = Attention::new(
-            vb.pp("attn1"),
-            dim,
-            attn1_context,
-            cfg.heads,
-            cfg.dim_head,
-            cfg.upcast_attention,
-        )?;
+        let attn1 = Attention::new(vb.pp("attn1"), dim, attn1_context, cfg.heads, cfg.dim_head, cfg.upcast_attention)?;
         let attn2 = Attention::new(
             vb.pp("attn2"),
             dim,
@@ -200,14 +189,8 @@ impl BasicTransformerBlock {
     /// `xs` `[B, L, dim]`, `context` `[B, S, cross_attention_dim]`.
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let attn1_context = self.only_cross_attention.then_some(context);
-        let xs = (self
-            .attn1
-            .forward(&self.norm1.forward(xs)?, attn1_context)?
-            + xs)?;
-        let xs = (self
-            .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + xs)?;
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, attn1_context)? + xs)?;
+        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
@@ -239,13 +222,7 @@ impl Projection {
         if linear {
             Ok(Self::Linear(candle_nn::linear(in_dim, out_dim, vb)?))
         } else {
-            Ok(Self::Conv(candle_nn::conv2d(
-                in_dim,
-                out_dim,
-                1,
-                Default::default(),
-                vb,
-            )?))
+            Ok(Self::Conv(candle_nn::conv2d(in_dim, out_dim, 1, Default::default(), vb)?))
         }
     }
 }
@@ -265,27 +242,12 @@ impl Transformer2DModel {
     pub fn new(vb: VarBuilder, in_channels: usize, cfg: &TransformerConfig) -> Result<Self> {
         let inner_dim = cfg.heads * cfg.dim_head;
         let norm = candle_nn::group_norm(cfg.norm_num_groups, in_channels, 1e-6, vb.pp("norm"))?;
-        let proj_in = Projection::new(
-            vb.pp("proj_in"),
-            cfg.use_linear_projection,
-            in_channels,
-            inner_dim,
-        )?;
+        let proj_in = Projection::new(vb.pp("proj_in"), cfg.use_linear_projection, in_channels, inner_dim)?;
         let blocks = (0..cfg.num_layers)
             .map(|i| BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(i), inner_dim, cfg))
             .collect::<Result<Vec<_>>>()?;
-        let proj_out = Projection::new(
-            vb.pp("proj_out"),
-            cfg.use_linear_projection,
-            inner_dim,
-            in_channels,
-        )?;
-        Ok(Self {
-            norm,
-            proj_in,
-            blocks,
-            proj_out,
-        })
+        let proj_out = Projection::new(vb.pp("proj_out"), cfg.use_linear_projection, inner_dim, in_channels)?;
+        Ok(Self { norm, proj_in, blocks, proj_out })
     }
 
     /// `xs` `[B, C, h, w]`, `context` `[B, S, cross_attention_dim]`; returns `[B, C, h, w]`.
@@ -348,25 +310,15 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (1, 5, 3), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (1, 5, 2), &dev)?;
         let out = scaled_dot_product_attention(&q, &k, &v, 0.5, false)?.to_vec3::<f32>()?;
-        let (q, k, v) = (
-            q.to_vec3::<f32>()?,
-            k.to_vec3::<f32>()?,
-            v.to_vec3::<f32>()?,
-        );
+        let (q, k, v) = (q.to_vec3::<f32>()?, k.to_vec3::<f32>()?, v.to_vec3::<f32>()?);
         for i in 0..4 {
-            let s: Vec<f32> = (0..5)
-                .map(|j| 0.5 * (0..3).map(|c| q[0][i][c] * k[0][j][c]).sum::<f32>())
-                .collect();
+            let s: Vec<f32> = (0..5).map(|j| 0.5 * (0..3).map(|c| q[0][i][c] * k[0][j][c]).sum::<f32>()).collect();
             let m = s.iter().cloned().fold(f32::MIN, f32::max);
             let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f32 = e.iter().sum();
             for c in 0..2 {
                 let want: f32 = (0..5).map(|j| e[j] / z * v[0][j][c]).sum();
-                assert!(
-                    (out[0][i][c] - want).abs() < 1e-5,
-                    "{} vs {want}",
-                    out[0][i][c]
-                );
+                assert!((out[0][i][c] - want).abs() < 1e-5, "{} vs {want}", out[0][i][c]);
             }
         }
         Ok(())

@@ -35,20 +35,11 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
-    #[serde(
-        default = "default_pad_token_id",
-        deserialize_with = "token_id::deserialize"
-    )]
+    #[serde(default = "default_pad_token_id", deserialize_with = "token_id::deserialize")]
     pub pad_token_id: Option<u32>,
-    #[serde(
-        default = "default_bos_token_id",
-        deserialize_with = "token_id::deserialize"
-    )]
+    #[serde(default = "default_bos_token_id", deserialize_with = "token_id::deserialize")]
     pub bos_token_id: Option<u32>,
-    #[serde(
-        default = "default_eos_token_id",
-        deserialize_with = "token_id::deserialize"
-    )]
+    #[serde(default = "default_eos_token_id", deserialize_with = "token_id::deserialize")]
     pub eos_token_id: Option<u32>,
 }
 
@@ -127,8 +118,8 @@ impl ClipTextConfig {
     /// in openai/clip-vit-large-patch14's config.json. Errors name the file and key.
     pub fn from_file(path: &Path) -> crate::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
         let config = if value.get("text_config").is_some_and(|v| v.is_object()) {
             parse_config::<FullClipConfig>(&text, path)?.text_config
         } else {
@@ -141,9 +132,7 @@ impl ClipTextConfig {
     /// Checks that the config describes what is implemented here; the message names the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
         Activation::parse(&self.hidden_act)?;
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "key `num_attention_heads`: {} does not divide `hidden_size` = {}",
                 self.num_attention_heads, self.hidden_size
@@ -218,19 +207,12 @@ impl SelfAttention {
     /// `causal_mask`: `[L, L]` f32, 0 on and below the diagonal, -inf above.
     fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;
-        let split = |t: Tensor| {
-            t.reshape((b, l, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let split = |t: Tensor| t.reshape((b, l, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous();
         // Scaling q before the product (rather than the scores after) keeps f16 scores in range.
         let q = split((self.q_proj.forward(xs)? * (self.head_dim as f64).powf(-0.5))?)?;
         let k = split(self.k_proj.forward(xs)?)?;
         let v = split(self.v_proj.forward(xs)?)?;
-        let scores = q
-            .matmul(&k.t()?)?
-            .to_dtype(DType::F32)?
-            .broadcast_add(causal_mask)?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?.broadcast_add(causal_mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&out)
@@ -262,9 +244,7 @@ impl EncoderLayer {
 
     /// Pre-norm transformer block: attention and MLP each add onto the residual stream.
     fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
-        let h = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, causal_mask)?;
+        let h = self.self_attn.forward(&self.layer_norm1.forward(xs)?, causal_mask)?;
         let xs = (xs + h)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
         let h = self.fc2.forward(&self.activation.forward(&h)?)?;
@@ -286,33 +266,19 @@ impl ClipTextModel {
     /// Weights saved with or without the `text_model.` prefix (openai/clip-vit-large-patch14's
     /// model.safetensors also holds vision weights and a projection, which are ignored).
     pub fn new(vb: VarBuilder, config: &ClipTextConfig) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|msg| candle_core::Error::Msg(format!("text encoder config: {msg}")))?;
+        config.validate().map_err(|msg| candle_core::Error::Msg(format!("text encoder config: {msg}")))?;
         let activation = Activation::parse(&config.hidden_act).map_err(candle_core::Error::Msg)?;
-        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
-            vb.pp("text_model")
-        } else {
-            vb
-        };
+        let vb =
+            if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
         let d = config.hidden_size;
-        let token_embedding =
-            candle_nn::embedding(config.vocab_size, d, vb.pp("embeddings.token_embedding"))?;
-        let position_embedding = vb
-            .pp("embeddings.position_embedding")
-            .get((config.max_position_embeddings, d), "weight")?;
+        let token_embedding = candle_nn::embedding(config.vocab_size, d, vb.pp("embeddings.token_embedding"))?;
+        let position_embedding =
+            vb.pp("embeddings.position_embedding").get((config.max_position_embeddings, d), "weight")?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| EncoderLayer::new(vb.pp(format!("encoder.layers.{i}")), config, activation))
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm =
-            candle_nn::layer_norm(d, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
-        Ok(Self {
-            config: config.clone(),
-            token_embedding,
-            position_embedding,
-            layers,
-            final_layer_norm,
-        })
+        let final_layer_norm = candle_nn::layer_norm(d, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        Ok(Self { config: config.clone(), token_embedding, position_embedding, layers, final_layer_norm })
     }
 
     /// `input_ids` `[B, L]` (u32), L <= max_position_embeddings; returns the last hidden state
@@ -337,9 +303,8 @@ impl ClipTextModel {
 }
 
 fn causal_mask(l: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..l)
-        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (l, l), device)
 }
 
@@ -351,31 +316,15 @@ mod tests {
     fn defaults_are_transformers_clip_text_config() {
         let c = ClipTextConfig::default();
         assert_eq!(
-            (
-                c.vocab_size,
-                c.hidden_size,
-                c.intermediate_size,
-                c.num_hidden_layers,
-                c.num_attention_heads
-            ),
+            (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads),
             (49408, 512, 2048, 12, 8)
         );
-        assert_eq!(
-            (
-                c.max_position_embeddings,
-                c.hidden_act.as_str(),
-                c.layer_norm_eps
-            ),
-            (77, "quick_gelu", 1e-5)
-        );
+        assert_eq!((c.max_position_embeddings, c.hidden_act.as_str(), c.layer_norm_eps), (77, "quick_gelu", 1e-5));
     }
 
     #[test]
     fn unsupported_activation_names_the_key() {
-        let c = ClipTextConfig {
-            hidden_act: "relu".into(),
-            ..Default::default()
-        };
+        let c = ClipTextConfig { hidden_act: "relu".into(), ..Default::default() };
         assert_eq!(
             c.validate().unwrap_err(),
             "key `hidden_act`: unsupported activation \"relu\" (expected \"quick_gelu\", \"gelu\" or \"gelu_new\")"

@@ -33,11 +33,26 @@ pub fn parse_config<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
 
 /// A value that is either one number for every block or one per block (diffusers'
 /// `attention_head_dim`, `num_attention_heads`, `transformer_layers_per_block`, ...).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(untagged)]
 pub enum PerBlock<T> {
     One(T),
     Each(Vec<T>),
+}
+
+// By hand rather than `#[serde(untagged)]`, whose only error is "data did not match any variant
+// of untagged enum PerBlock": this one says what was found and what was expected.
+impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for PerBlock<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let parsed = if value.is_array() {
+            Vec::<T>::deserialize(value).map(PerBlock::Each)
+        } else {
+            T::deserialize(value).map(PerBlock::One)
+        };
+        parsed.map_err(|e| D::Error::custom(format!("{e} (one value, or a list with one per block)")))
+    }
 }
 
 impl<T: Copy> PerBlock<T> {
@@ -46,10 +61,7 @@ impl<T: Copy> PerBlock<T> {
         match self {
             PerBlock::One(v) => Ok(*v),
             PerBlock::Each(vs) if vs.len() == n => Ok(vs[i]),
-            PerBlock::Each(vs) => Err(format!(
-                "`{key}` has {} entries, expected one per block ({n})",
-                vs.len()
-            )),
+            PerBlock::Each(vs) => Err(format!("`{key}` has {} entries, expected one per block ({n})", vs.len())),
         }
     }
 }

@@ -65,19 +65,30 @@ pub fn tutorial_scheduler_config() -> DdimSchedulerConfig {
     serde_json::from_str(json).expect("the built-in scheduler config parses")
 }
 
-/// The subfolder holding a component inside `src`: `name/` when it has `probe` there (a whole
-/// diffusers model), else the root (a repo that holds only this component).
-fn component_subfolder(fetcher: &Fetcher, src: &ModelSource, name: &str, probe: &str) -> Result<String> {
-    if fetcher.get_optional(src, name, probe)?.is_some() {
-        Ok(name.to_string())
-    } else if fetcher.get_optional(src, "", probe)?.is_some() {
-        Ok(String::new())
-    } else {
-        Err(Error::Model(format!(
-            "{}: no {name} found (looked for {name}/{probe} and {probe})",
-            src.describe()
-        )))
+/// Like `get_optional`, but offline a file that is not cached counts as absent: probing for a
+/// layout must not fail on the layout the repo does not have. The error is kept for the message.
+fn probe(fetcher: &Fetcher, src: &ModelSource, sub: &str, file: &str) -> Result<(Option<PathBuf>, Option<Error>)> {
+    match fetcher.get_optional(src, sub, file) {
+        Ok(found) => Ok((found, None)),
+        Err(e) if fetcher.is_offline() => Ok((None, Some(e))),
+        Err(e) => Err(e),
     }
+}
+
+/// The subfolder holding a component inside `src`: `name/` when it has `probe_file` there (a
+/// whole diffusers model), else the root (a repo that holds only this component).
+fn component_subfolder(fetcher: &Fetcher, src: &ModelSource, name: &str, probe_file: &str) -> Result<String> {
+    let (in_sub, sub_err) = probe(fetcher, src, name, probe_file)?;
+    if in_sub.is_some() {
+        return Ok(name.to_string());
+    }
+    let (at_root, _) = probe(fetcher, src, "", probe_file)?;
+    if at_root.is_some() {
+        return Ok(String::new());
+    }
+    Err(sub_err.unwrap_or_else(|| {
+        Error::Model(format!("{}: no {name} found (looked for {name}/{probe_file} and {probe_file})", src.describe()))
+    }))
 }
 
 fn origin(src: &ModelSource, sub: &str) -> String {
@@ -219,19 +230,23 @@ fn fetch_tokenizer_files(fetcher: &Fetcher, src: &ModelSource, sub: &str) -> Res
     let mut dir = None;
     let mut have_vocab = true;
     for name in ["tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"] {
-        match fetcher.get_optional(src, sub, name)? {
+        match probe(fetcher, src, sub, name)?.0 {
             Some(p) => dir = p.parent().map(Path::to_path_buf),
             None if name == "vocab.json" || name == "merges.txt" => have_vocab = false,
             None => {}
         }
     }
     if !have_vocab {
-        if let Some(p) = fetcher.get_optional(src, sub, "tokenizer.json")? {
-            dir = p.parent().map(Path::to_path_buf);
-        }
+        // No vocab.json + merges.txt: tokenizer.json must be there (its error names it).
+        let p = fetcher.get(src, sub, "tokenizer.json")?;
+        dir = p.parent().map(Path::to_path_buf);
     }
     dir.ok_or_else(|| {
-        Error::Model(format!("{}: no tokenizer files in {}", src.describe(), if sub.is_empty() { "the root" } else { sub }))
+        Error::Model(format!(
+            "{}: no tokenizer files in {}",
+            src.describe(),
+            if sub.is_empty() { "the root" } else { sub }
+        ))
     })
 }
 

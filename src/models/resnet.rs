@@ -30,28 +30,16 @@ pub struct ResnetConfig {
 
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
-        let conv3 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
         let norm1 = candle_nn::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
         let conv1 = candle_nn::conv2d(cfg.in_channels, cfg.out_channels, 3, conv3, vb.pp("conv1"))?;
-        let time_emb_proj = cfg
-            .temb_channels
-            .map(|t| candle_nn::linear(t, cfg.out_channels, vb.pp("time_emb_proj")))
-            .transpose()?;
+        let time_emb_proj =
+            cfg.temb_channels.map(|t| candle_nn::linear(t, cfg.out_channels, vb.pp("time_emb_proj"))).transpose()?;
         let norm2 = candle_nn::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
-        let conv2 =
-            candle_nn::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
+        let conv2 = candle_nn::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
         let conv_shortcut = (cfg.in_channels != cfg.out_channels)
             .then(|| {
-                candle_nn::conv2d(
-                    cfg.in_channels,
-                    cfg.out_channels,
-                    1,
-                    Default::default(),
-                    vb.pp("conv_shortcut"),
-                )
+                candle_nn::conv2d(cfg.in_channels, cfg.out_channels, 1, Default::default(), vb.pp("conv_shortcut"))
             })
             .transpose()?;
         Ok(Self {
@@ -97,17 +85,8 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn new(
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        padding: usize,
-    ) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding,
-            stride: 2,
-            ..Default::default()
-        };
+    pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, padding: usize) -> Result<Self> {
+        let cfg = Conv2dConfig { padding, stride: 2, ..Default::default() };
         let conv = candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self { conv, padding })
     }
@@ -131,10 +110,7 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let cfg = Conv2dConfig { padding: 1, ..Default::default() };
         let conv = candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self { conv })
     }

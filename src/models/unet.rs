@@ -146,24 +146,10 @@ fn d_positional() -> String {
     "positional".into()
 }
 fn d_down_block_types() -> Vec<String> {
-    [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec()
 }
 fn d_up_block_types() -> Vec<String> {
-    [
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec()
 }
 fn d_mid_block_type() -> Option<String> {
     Some("UNetMidBlock2DCrossAttn".into())
@@ -201,9 +187,7 @@ fn block_kind(name: &str) -> &str {
 fn refuse_set<T: std::fmt::Debug>(key: &str, value: &Option<T>) -> std::result::Result<(), String> {
     match value {
         None => Ok(()),
-        Some(v) => Err(format!(
-            "unsupported `{key}` = {v:?}: only null is supported"
-        )),
+        Some(v) => Err(format!("unsupported `{key}` = {v:?}: only null is supported")),
     }
 }
 
@@ -250,18 +234,12 @@ impl UNet2DConditionConfig {
         }
         for i in 0..n {
             self.layers_per_block.get(i, n, "layers_per_block")?;
-            self.transformer_layers_per_block
-                .get(i, n, "transformer_layers_per_block")?;
+            self.transformer_layers_per_block.get(i, n, "transformer_layers_per_block")?;
             self.cross_attention_dim.get(i, n, "cross_attention_dim")?;
-            self.only_cross_attention
-                .get(i, n, "only_cross_attention")?;
+            self.only_cross_attention.get(i, n, "only_cross_attention")?;
             let heads = self.heads(i)?;
             if heads == 0 || heads > self.block_out_channels[i] {
-                let key = if self.num_attention_heads.is_some() {
-                    "num_attention_heads"
-                } else {
-                    "attention_head_dim"
-                };
+                let key = if self.num_attention_heads.is_some() { "num_attention_heads" } else { "attention_head_dim" };
                 return Err(format!(
                     "`{key}` gives {heads} attention heads for block {i}, which has {} channels",
                     self.block_out_channels[i]
@@ -269,17 +247,10 @@ impl UNet2DConditionConfig {
             }
         }
         if !matches!(self.act_fn.as_str(), "silu" | "swish") {
-            return Err(format!(
-                "unsupported `act_fn` = {:?}: only \"silu\" is supported",
-                self.act_fn
-            ));
+            return Err(format!("unsupported `act_fn` = {:?}: only \"silu\" is supported", self.act_fn));
         }
         match self.norm_num_groups {
-            None => {
-                return Err(
-                    "unsupported `norm_num_groups` = null: a group count is required".into(),
-                )
-            }
+            None => return Err("unsupported `norm_num_groups` = null: a group count is required".into()),
             Some(0) => return Err("`norm_num_groups` must be positive".into()),
             Some(_) => {}
         }
@@ -312,18 +283,10 @@ impl UNet2DConditionConfig {
         refuse_set("time_embedding_act_fn", &self.time_embedding_act_fn)?;
         refuse_set("timestep_post_act", &self.timestep_post_act)?;
         refuse_set("time_cond_proj_dim", &self.time_cond_proj_dim)?;
-        refuse_set(
-            "reverse_transformer_layers_per_block",
-            &self.reverse_transformer_layers_per_block,
-        )?;
-        for (key, k) in [
-            ("conv_in_kernel", self.conv_in_kernel),
-            ("conv_out_kernel", self.conv_out_kernel),
-        ] {
+        refuse_set("reverse_transformer_layers_per_block", &self.reverse_transformer_layers_per_block)?;
+        for (key, k) in [("conv_in_kernel", self.conv_in_kernel), ("conv_out_kernel", self.conv_out_kernel)] {
             if k % 2 == 0 {
-                return Err(format!(
-                    "unsupported `{key}` = {k}: only odd kernel sizes are supported"
-                ));
+                return Err(format!("unsupported `{key}` = {k}: only odd kernel sizes are supported"));
             }
         }
         if self.time_embedding_dim == Some(0) {
@@ -331,10 +294,7 @@ impl UNet2DConditionConfig {
         }
         if let Some(PerBlock::Each(v)) = &self.sample_size {
             if v.len() != 2 {
-                return Err(format!(
-                    "`sample_size` has {} entries, expected one number or [height, width]",
-                    v.len()
-                ));
+                return Err(format!("`sample_size` has {} entries, expected one number or [height, width]", v.len()));
             }
         }
         Ok(())
@@ -360,8 +320,7 @@ impl UNet2DConditionConfig {
 
     /// Width of the time embedding fed to every ResNet.
     fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim
-            .unwrap_or(4 * self.block_out_channels[0])
+        self.time_embedding_dim.unwrap_or(4 * self.block_out_channels[0])
     }
 }
 
@@ -383,16 +342,10 @@ pub fn timestep_embedding(
     let t = timestep as f32;
     let neg_log_period = -(10000f64.ln()) as f32;
     let denom = (half as f64 - freq_shift) as f32;
-    let args: Vec<f32> = (0..half)
-        .map(|i| t * ((neg_log_period * i as f32) / denom).exp())
-        .collect();
+    let args: Vec<f32> = (0..half).map(|i| t * ((neg_log_period * i as f32) / denom).exp()).collect();
     let sin = args.iter().map(|a| a.sin());
     let cos = args.iter().map(|a| a.cos());
-    let mut emb: Vec<f32> = if flip_sin_to_cos {
-        cos.chain(sin).collect()
-    } else {
-        sin.chain(cos).collect()
-    };
+    let mut emb: Vec<f32> = if flip_sin_to_cos { cos.chain(sin).collect() } else { sin.chain(cos).collect() };
     emb.resize(dim, 0.0);
     Tensor::from_vec(emb, (1, dim), device)
 }
@@ -413,8 +366,7 @@ impl TimestepEmbedding {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.linear_2
-            .forward(&candle_nn::ops::silu(&self.linear_1.forward(xs)?)?)
+        self.linear_2.forward(&candle_nn::ops::silu(&self.linear_1.forward(xs)?)?)
     }
 }
 
@@ -427,13 +379,7 @@ struct BlockCommon {
 }
 
 impl BlockCommon {
-    fn resnet(
-        &self,
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        scale: f64,
-    ) -> Result<ResnetBlock2D> {
+    fn resnet(&self, vb: VarBuilder, in_channels: usize, out_channels: usize, scale: f64) -> Result<ResnetBlock2D> {
         ResnetBlock2D::new(
             vb,
             ResnetConfig {
@@ -459,12 +405,7 @@ struct DownBlock {
 
 impl DownBlock {
     /// Returns the block's output and the skip connections it hands to the up path.
-    fn forward(
-        &self,
-        xs: &Tensor,
-        temb: &Tensor,
-        context: &Tensor,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
@@ -558,22 +499,10 @@ impl UNet2DConditionModel {
         // `validate` has checked every per-block list; these cannot fail.
         let per = |v: &PerBlock<usize>, i: usize, key: &str| v.get(i, n, key).map_err(config_error);
         let heads = |i: usize| c.heads(i).map_err(config_error);
-        let only_cross = |i: usize| {
-            c.only_cross_attention
-                .get(i, n, "only_cross_attention")
-                .map_err(config_error)
-        };
+        let only_cross = |i: usize| c.only_cross_attention.get(i, n, "only_cross_attention").map_err(config_error);
         let groups = c.norm_num_groups.unwrap_or(32);
-        let common = BlockCommon {
-            temb_channels: c.time_embed_dim(),
-            groups,
-            eps: c.norm_eps,
-        };
-        let transformer = |i: usize,
-                           channels: usize,
-                           layers: usize,
-                           only_cross: bool|
-         -> Result<TransformerConfig> {
+        let common = BlockCommon { temb_channels: c.time_embed_dim(), groups, eps: c.norm_eps };
+        let transformer = |i: usize, channels: usize, layers: usize, only_cross: bool| -> Result<TransformerConfig> {
             let heads = heads(i)?;
             Ok(TransformerConfig {
                 heads,
@@ -591,14 +520,10 @@ impl UNet2DConditionModel {
             c.in_channels,
             ch[0],
             c.conv_in_kernel,
-            Conv2dConfig {
-                padding: c.conv_in_kernel / 2,
-                ..Default::default()
-            },
+            Conv2dConfig { padding: c.conv_in_kernel / 2, ..Default::default() },
             vb.pp("conv_in"),
         )?;
-        let time_embedding =
-            TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], c.time_embed_dim())?;
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], c.time_embed_dim())?;
 
         let mut down_blocks = Vec::with_capacity(n);
         for i in 0..n {
@@ -610,11 +535,7 @@ impl UNet2DConditionModel {
             let tcfg = transformer(
                 i,
                 out_ch,
-                per(
-                    &c.transformer_layers_per_block,
-                    i,
-                    "transformer_layers_per_block",
-                )?,
+                per(&c.transformer_layers_per_block, i, "transformer_layers_per_block")?,
                 only_cross(i)?,
             )?;
             let mut resnets = Vec::with_capacity(layers);
@@ -623,28 +544,13 @@ impl UNet2DConditionModel {
                 let rin = if j == 0 { in_ch } else { out_ch };
                 resnets.push(common.resnet(vb.pp("resnets").pp(j), rin, out_ch, 1.0)?);
                 if with_attn {
-                    attentions.push(Transformer2DModel::new(
-                        vb.pp("attentions").pp(j),
-                        out_ch,
-                        &tcfg,
-                    )?);
+                    attentions.push(Transformer2DModel::new(vb.pp("attentions").pp(j), out_ch, &tcfg)?);
                 }
             }
             let downsampler = (i + 1 < n)
-                .then(|| {
-                    Downsample2D::new(
-                        vb.pp("downsamplers").pp(0),
-                        out_ch,
-                        out_ch,
-                        c.downsample_padding,
-                    )
-                })
+                .then(|| Downsample2D::new(vb.pp("downsamplers").pp(0), out_ch, out_ch, c.downsample_padding))
                 .transpose()?;
-            down_blocks.push(DownBlock {
-                resnets,
-                attentions,
-                downsampler,
-            });
+            down_blocks.push(DownBlock { resnets, attentions, downsampler });
         }
 
         let mid_block = match &c.mid_block_type {
@@ -657,20 +563,13 @@ impl UNet2DConditionModel {
                 let tcfg = transformer(
                     n - 1,
                     last,
-                    per(
-                        &c.transformer_layers_per_block,
-                        n - 1,
-                        "transformer_layers_per_block",
-                    )?,
+                    per(&c.transformer_layers_per_block, n - 1, "transformer_layers_per_block")?,
                     false,
                 )?;
                 let first = common.resnet(vb.pp("resnets").pp(0), last, last, scale)?;
                 let attn = Transformer2DModel::new(vb.pp("attentions").pp(0), last, &tcfg)?;
                 let resnet = common.resnet(vb.pp("resnets").pp(1), last, last, scale)?;
-                Some(MidBlock {
-                    first,
-                    layers: vec![(attn, resnet)],
-                })
+                Some(MidBlock { first, layers: vec![(attn, resnet)] })
             }
         };
 
@@ -687,11 +586,7 @@ impl UNet2DConditionModel {
             let tcfg = transformer(
                 rev,
                 out_ch,
-                per(
-                    &c.transformer_layers_per_block,
-                    rev,
-                    "transformer_layers_per_block",
-                )?,
+                per(&c.transformer_layers_per_block, rev, "transformer_layers_per_block")?,
                 only_cross(rev)?,
             )?;
             let mut resnets = Vec::with_capacity(layers);
@@ -701,33 +596,20 @@ impl UNet2DConditionModel {
                 let rin = if j == 0 { prev_out } else { out_ch };
                 resnets.push(common.resnet(vb.pp("resnets").pp(j), rin + res_skip, out_ch, 1.0)?);
                 if with_attn {
-                    attentions.push(Transformer2DModel::new(
-                        vb.pp("attentions").pp(j),
-                        out_ch,
-                        &tcfg,
-                    )?);
+                    attentions.push(Transformer2DModel::new(vb.pp("attentions").pp(j), out_ch, &tcfg)?);
                 }
             }
-            let upsampler = (i + 1 < n)
-                .then(|| Upsample2D::new(vb.pp("upsamplers").pp(0), out_ch, out_ch))
-                .transpose()?;
-            up_blocks.push(UpBlock {
-                resnets,
-                attentions,
-                upsampler,
-            });
+            let upsampler =
+                (i + 1 < n).then(|| Upsample2D::new(vb.pp("upsamplers").pp(0), out_ch, out_ch)).transpose()?;
+            up_blocks.push(UpBlock { resnets, attentions, upsampler });
         }
 
-        let conv_norm_out =
-            candle_nn::group_norm(groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = candle_nn::group_norm(groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = candle_nn::conv2d(
             ch[0],
             c.out_channels,
             c.conv_out_kernel,
-            Conv2dConfig {
-                padding: c.conv_out_kernel / 2,
-                ..Default::default()
-            },
+            Conv2dConfig { padding: c.conv_out_kernel / 2, ..Default::default() },
             vb.pp("conv_out"),
         )?;
         Ok(Self {
@@ -748,36 +630,20 @@ impl UNet2DConditionModel {
     /// the whole sample batch. Any `h`, `w` work: where a side is not divisible by
     /// `2^(levels-1)` the up path upsamples to each skip connection's size, as diffusers does.
     /// Returns `[B, out_channels, h, w]` in the model's dtype.
-    pub fn forward(
-        &self,
-        sample: &Tensor,
-        timestep: f64,
-        encoder_hidden_states: &Tensor,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = sample.dims4()?;
         let dtype = sample.dtype();
         let context = match encoder_hidden_states.dim(0)? {
             cb if cb == b => encoder_hidden_states.clone(),
             1 => encoder_hidden_states.repeat((b, 1, 1))?,
-            cb => candle_core::bail!(
-                "unet: encoder_hidden_states has batch {cb}, sample has batch {b}"
-            ),
+            cb => candle_core::bail!("unet: encoder_hidden_states has batch {cb}, sample has batch {b}"),
         };
         let context = context.to_dtype(dtype)?;
 
-        let factor = 1usize
-            << self
-                .up_blocks
-                .iter()
-                .filter(|u| u.upsampler.is_some())
-                .count();
+        let factor = 1usize << self.up_blocks.iter().filter(|u| u.upsampler.is_some()).count();
         let forward_upsample_size = h % factor != 0 || w % factor != 0;
 
-        let sample = if self.config.center_input_sample {
-            ((sample * 2.0)? - 1.0)?
-        } else {
-            sample.clone()
-        };
+        let sample = if self.config.center_input_sample { ((sample * 2.0)? - 1.0)? } else { sample.clone() };
 
         let t_emb = timestep_embedding(
             timestep,

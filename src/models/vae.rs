@@ -109,46 +109,26 @@ impl AutoencoderKLConfig {
                 self.up_block_types.len()
             ));
         }
-        if let Some(t) = self
-            .down_block_types
-            .iter()
-            .find(|t| *t != "DownEncoderBlock2D")
-        {
+        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
             return Err(format!("key `down_block_types`: unsupported block type {t:?} (only \"DownEncoderBlock2D\")"));
         }
-        if let Some(t) = self
-            .up_block_types
-            .iter()
-            .find(|t| *t != "UpDecoderBlock2D")
-        {
-            return Err(format!(
-                "key `up_block_types`: unsupported block type {t:?} (only \"UpDecoderBlock2D\")"
-            ));
+        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
+            return Err(format!("key `up_block_types`: unsupported block type {t:?} (only \"UpDecoderBlock2D\")"));
         }
         // diffusers' get_activation treats both names as SiLU.
         if self.act_fn != "silu" && self.act_fn != "swish" {
-            return Err(format!(
-                "key `act_fn`: unsupported activation {:?} (only \"silu\")",
-                self.act_fn
-            ));
+            return Err(format!("key `act_fn`: unsupported activation {:?} (only \"silu\")", self.act_fn));
         }
         if self.layers_per_block == 0 {
             return Err("key `layers_per_block`: must be at least 1".to_string());
         }
         if self.in_channels == 0 || self.out_channels == 0 || self.latent_channels == 0 {
-            return Err(
-                "keys `in_channels`, `out_channels`, `latent_channels`: must be positive"
-                    .to_string(),
-            );
+            return Err("keys `in_channels`, `out_channels`, `latent_channels`: must be positive".to_string());
         }
         if self.norm_num_groups == 0 {
             return Err("key `norm_num_groups`: must be positive".to_string());
         }
-        if let Some(c) = self
-            .block_out_channels
-            .iter()
-            .find(|c| **c == 0 || **c % self.norm_num_groups != 0)
-        {
+        if let Some(c) = self.block_out_channels.iter().find(|c| **c == 0 || **c % self.norm_num_groups != 0) {
             return Err(format!(
                 "key `block_out_channels`: {c} channels cannot be split into `norm_num_groups` = {} groups",
                 self.norm_num_groups
@@ -197,10 +177,7 @@ impl LatentDistribution {
     fn from_moments(moments: &Tensor) -> Result<Self> {
         let c = moments.dim(1)? / 2;
         let mean = moments.narrow(1, 0, c)?.contiguous()?;
-        let logvar = moments
-            .narrow(1, c, c)?
-            .clamp(-30f32, 20f32)?
-            .contiguous()?;
+        let logvar = moments.narrow(1, c, c)?.clamp(-30f32, 20f32)?.contiguous()?;
         let std = (&logvar * 0.5)?.exp()?;
         Ok(Self { mean, logvar, std })
     }
@@ -239,12 +216,7 @@ impl SpatialSelfAttention {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let n = h * w;
-        let tokens = self
-            .group_norm
-            .forward(xs)?
-            .reshape((b, c, n))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let tokens = self.group_norm.forward(xs)?.reshape((b, c, n))?.transpose(1, 2)?.contiguous()?;
         // Scaling q before the product (rather than the scores after) keeps f16 scores in range.
         let q = (self.to_q.forward(&tokens)? * (c as f64).powf(-0.5))?;
         let k_t = self.to_k.forward(&tokens)?.transpose(1, 2)?.contiguous()?;
@@ -255,19 +227,12 @@ impl SpatialSelfAttention {
         let mut outs = Vec::with_capacity(n.div_ceil(chunk));
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
-            let scores = q
-                .narrow(1, start, len)?
-                .matmul(&k_t)?
-                .to_dtype(DType::F32)?;
+            let scores = q.narrow(1, start, len)?.matmul(&k_t)?.to_dtype(DType::F32)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
             outs.push(probs.matmul(&v)?);
         }
         let attended = Tensor::cat(&outs, 1)?;
-        let out = self
-            .to_out
-            .forward(&attended)?
-            .transpose(1, 2)?
-            .reshape((b, c, h, w))?;
+        let out = self.to_out.forward(&attended)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         out + xs
     }
 }
@@ -285,16 +250,10 @@ impl MidBlock {
         let resnet_in = ResnetBlock2D::new(vb.pp("resnets.0"), config.resnet(channels, channels))?;
         let attention = config
             .mid_block_add_attention
-            .then(|| {
-                SpatialSelfAttention::new(vb.pp("attentions.0"), channels, config.norm_num_groups)
-            })
+            .then(|| SpatialSelfAttention::new(vb.pp("attentions.0"), channels, config.norm_num_groups))
             .transpose()?;
         let resnet_out = ResnetBlock2D::new(vb.pp("resnets.1"), config.resnet(channels, channels))?;
-        Ok(Self {
-            resnet_in,
-            attention,
-            resnet_out,
-        })
+        Ok(Self { resnet_in, attention, resnet_out })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -328,13 +287,9 @@ impl DownEncoderBlock {
             })
             .collect::<Result<Vec<_>>>()?;
         // Padding 0 = diffusers' `downsample_padding=0`: pad right and bottom only.
-        let downsampler = downsample
-            .then(|| Downsample2D::new(vb.pp("downsamplers.0"), out_ch, out_ch, 0))
-            .transpose()?;
-        Ok(Self {
-            resnets,
-            downsampler,
-        })
+        let downsampler =
+            downsample.then(|| Downsample2D::new(vb.pp("downsamplers.0"), out_ch, out_ch, 0)).transpose()?;
+        Ok(Self { resnets, downsampler })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -358,22 +313,14 @@ struct UpDecoderBlock {
 }
 
 impl UpDecoderBlock {
-    fn new(
-        vb: VarBuilder,
-        config: &AutoencoderKLConfig,
-        in_ch: usize,
-        out_ch: usize,
-        upsample: bool,
-    ) -> Result<Self> {
+    fn new(vb: VarBuilder, config: &AutoencoderKLConfig, in_ch: usize, out_ch: usize, upsample: bool) -> Result<Self> {
         let resnets = (0..config.layers_per_block + 1)
             .map(|i| {
                 let in_ch = if i == 0 { in_ch } else { out_ch };
                 ResnetBlock2D::new(vb.pp(format!("resnets.{i}")), config.resnet(in_ch, out_ch))
             })
             .collect::<Result<Vec<_>>>()?;
-        let upsampler = upsample
-            .then(|| Upsample2D::new(vb.pp("upsamplers.0"), out_ch, out_ch))
-            .transpose()?;
+        let upsampler = upsample.then(|| Upsample2D::new(vb.pp("upsamplers.0"), out_ch, out_ch)).transpose()?;
         Ok(Self { resnets, upsampler })
     }
 
@@ -390,16 +337,7 @@ impl UpDecoderBlock {
 }
 
 fn conv3x3(vb: VarBuilder, in_ch: usize, out_ch: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(
-        in_ch,
-        out_ch,
-        3,
-        Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        },
-        vb,
-    )
+    candle_nn::conv2d(in_ch, out_ch, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb)
 }
 
 #[derive(Debug, Clone)]
@@ -414,39 +352,20 @@ struct Encoder {
 impl Encoder {
     fn new(vb: VarBuilder, config: &AutoencoderKLConfig) -> Result<Self> {
         let channels = &config.block_out_channels;
-        let last = *channels
-            .last()
-            .expect("validated: block_out_channels is not empty");
+        let last = *channels.last().expect("validated: block_out_channels is not empty");
         let conv_in = conv3x3(vb.pp("conv_in"), config.in_channels, channels[0])?;
         let down_blocks = (0..channels.len())
             .map(|i| {
                 let in_ch = if i == 0 { channels[0] } else { channels[i - 1] };
                 let downsample = i + 1 < channels.len();
-                DownEncoderBlock::new(
-                    vb.pp(format!("down_blocks.{i}")),
-                    config,
-                    in_ch,
-                    channels[i],
-                    downsample,
-                )
+                DownEncoderBlock::new(vb.pp(format!("down_blocks.{i}")), config, in_ch, channels[i], downsample)
             })
             .collect::<Result<Vec<_>>>()?;
         let mid_block = MidBlock::new(vb.pp("mid_block"), config, last)?;
-        let conv_norm_out = candle_nn::group_norm(
-            config.norm_num_groups,
-            last,
-            VAE_EPS,
-            vb.pp("conv_norm_out"),
-        )?;
+        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, last, VAE_EPS, vb.pp("conv_norm_out"))?;
         // Mean and log-variance for every latent channel.
         let conv_out = conv3x3(vb.pp("conv_out"), last, 2 * config.latent_channels)?;
-        Ok(Self {
-            conv_in,
-            down_blocks,
-            mid_block,
-            conv_norm_out,
-            conv_out,
-        })
+        Ok(Self { conv_in, down_blocks, mid_block, conv_norm_out, conv_out })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -478,30 +397,13 @@ impl Decoder {
             .map(|i| {
                 let in_ch = if i == 0 { reversed[0] } else { reversed[i - 1] };
                 let upsample = i + 1 < reversed.len();
-                UpDecoderBlock::new(
-                    vb.pp(format!("up_blocks.{i}")),
-                    config,
-                    in_ch,
-                    reversed[i],
-                    upsample,
-                )
+                UpDecoderBlock::new(vb.pp(format!("up_blocks.{i}")), config, in_ch, reversed[i], upsample)
             })
             .collect::<Result<Vec<_>>>()?;
         let first = config.block_out_channels[0];
-        let conv_norm_out = candle_nn::group_norm(
-            config.norm_num_groups,
-            first,
-            VAE_EPS,
-            vb.pp("conv_norm_out"),
-        )?;
+        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, first, VAE_EPS, vb.pp("conv_norm_out"))?;
         let conv_out = conv3x3(vb.pp("conv_out"), first, config.out_channels)?;
-        Ok(Self {
-            conv_in,
-            mid_block,
-            up_blocks,
-            conv_norm_out,
-            conv_out,
-        })
+        Ok(Self { conv_in, mid_block, up_blocks, conv_norm_out, conv_out })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -527,43 +429,19 @@ pub struct AutoencoderKL {
 
 impl AutoencoderKL {
     pub fn new(vb: VarBuilder, config: &AutoencoderKLConfig) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|msg| candle_core::Error::Msg(format!("vae config: {msg}")))?;
+        config.validate().map_err(|msg| candle_core::Error::Msg(format!("vae config: {msg}")))?;
         let latent = config.latent_channels;
         let encoder = Encoder::new(vb.pp("encoder"), config)?;
         let decoder = Decoder::new(vb.pp("decoder"), config)?;
         let quant_conv = config
             .use_quant_conv
-            .then(|| {
-                candle_nn::conv2d(
-                    2 * latent,
-                    2 * latent,
-                    1,
-                    Default::default(),
-                    vb.pp("quant_conv"),
-                )
-            })
+            .then(|| candle_nn::conv2d(2 * latent, 2 * latent, 1, Default::default(), vb.pp("quant_conv")))
             .transpose()?;
         let post_quant_conv = config
             .use_post_quant_conv
-            .then(|| {
-                candle_nn::conv2d(
-                    latent,
-                    latent,
-                    1,
-                    Default::default(),
-                    vb.pp("post_quant_conv"),
-                )
-            })
+            .then(|| candle_nn::conv2d(latent, latent, 1, Default::default(), vb.pp("post_quant_conv")))
             .transpose()?;
-        Ok(Self {
-            config: config.clone(),
-            encoder,
-            decoder,
-            quant_conv,
-            post_quant_conv,
-        })
+        Ok(Self { config: config.clone(), encoder, decoder, quant_conv, post_quant_conv })
     }
 
     /// `image`: `[B, in_channels, H, W]` in [-1, 1]. The latents are `H / f x W / f` for the
@@ -619,11 +497,7 @@ mod tests {
         // 2 images x 35 keys x 4 bytes x 3 queries: 35 queries in 12 chunks, the last one short.
         attn.score_budget = 2 * 35 * 4 * 3;
         let chunked = attn.forward(&xs)?;
-        let diff = (full - chunked)?
-            .abs()?
-            .flatten_all()?
-            .max(D::Minus1)?
-            .to_scalar::<f32>()?;
+        let diff = (full - chunked)?.abs()?.flatten_all()?.max(D::Minus1)?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "chunked attention differs by {diff}");
         Ok(())
     }
@@ -634,10 +508,7 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.downscale_factor(), 1);
         config.act_fn = "gelu".into();
-        assert_eq!(
-            config.validate().unwrap_err(),
-            "key `act_fn`: unsupported activation \"gelu\" (only \"silu\")"
-        );
+        assert_eq!(config.validate().unwrap_err(), "key `act_fn`: unsupported activation \"gelu\" (only \"silu\")");
         config.act_fn = "silu".into();
         config.up_block_types = vec!["AttnUpDecoderBlock2D".into()];
         assert_eq!(

@@ -45,10 +45,9 @@ impl Weights {
             let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: the mapping is read-only; a concurrent writer to a model file would break
             // any loader, ours or PyTorch's.
-            let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
-                .map_err(|e| Error::io(path, e))?;
-            let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap[..])
-                .map_err(|e| Error::weights(path, format!("not a valid safetensors file: {e}")))?;
+            let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
+            let (header_len, metadata) =
+                safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| invalid_file(path, &mmap, e))?;
             let data_start = 8 + header_len;
             for (name, info) in metadata.tensors() {
                 let dtype = match info.dtype {
@@ -75,27 +74,11 @@ impl Weights {
                         format!("tensor `{name}`: data out of bounds (file truncated or corrupt)"),
                     ));
                 }
-                entries.insert(
-                    name,
-                    Entry {
-                        file: file_index,
-                        dtype,
-                        shape: info.shape.clone(),
-                        start,
-                        end,
-                    },
-                );
+                entries.insert(name, Entry { file: file_index, dtype, shape: info.shape.clone(), start, end });
             }
-            files.push(MappedFile {
-                path: path.clone(),
-                mmap,
-            });
+            files.push(MappedFile { path: path.clone(), mmap });
         }
-        Ok(Self {
-            files,
-            entries,
-            alias_prefixes: Vec::new(),
-        })
+        Ok(Self { files, entries, alias_prefixes: Vec::new() })
     }
 
     /// Also answer a request for `name` with a stored `prefix + name`.
@@ -112,20 +95,14 @@ impl Weights {
     fn describe_files(&self) -> String {
         match self.files.as_slice() {
             [one] => one.path.display().to_string(),
-            many => many
-                .iter()
-                .map(|f| f.path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            many => many.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>().join(", "),
         }
     }
 
     fn lookup(&self, name: &str) -> Option<&Entry> {
-        self.entries.get(name).or_else(|| {
-            self.alias_prefixes
-                .iter()
-                .find_map(|p| self.entries.get(&format!("{p}{name}")))
-        })
+        self.entries
+            .get(name)
+            .or_else(|| self.alias_prefixes.iter().find_map(|p| self.entries.get(&format!("{p}{name}"))))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -148,31 +125,17 @@ impl Weights {
 
     fn missing(&self, name: &str) -> Error {
         let shown = self.describe_files();
-        let path = if self.files.len() == 1 {
-            self.files[0].path.clone()
-        } else {
-            PathBuf::from(shown)
-        };
+        let path = if self.files.len() == 1 { self.files[0].path.clone() } else { PathBuf::from(shown) };
         Error::weights(path, format!("missing weight `{name}`"))
     }
 
     /// Loads `name` and checks its shape.
-    pub fn load_shaped(
-        &self,
-        name: &str,
-        shape: &Shape,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub fn load_shaped(&self, name: &str, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
         let entry = self.lookup(name).ok_or_else(|| self.missing(name))?;
         if entry.shape.as_slice() != shape.dims() {
             return Err(Error::weights(
                 &self.files[entry.file].path,
-                format!(
-                    "weight `{name}` has shape {:?}, the config implies {:?}",
-                    entry.shape,
-                    shape.dims()
-                ),
+                format!("weight `{name}` has shape {:?}, the config implies {:?}", entry.shape, shape.dims()),
             ));
         }
         self.load(name, dtype, device)
@@ -182,6 +145,28 @@ impl Weights {
     pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(Backend(self.clone())), dtype, device.clone())
     }
+}
+
+/// Says what is wrong with a file safetensors refuses, in the terms of the usual causes.
+fn invalid_file(path: &Path, bytes: &[u8], err: safetensors::SafeTensorError) -> Error {
+    use safetensors::SafeTensorError as E;
+    // A repo cloned without git-lfs leaves small text pointers in place of the weights.
+    if bytes.starts_with(b"version https://git-lfs") {
+        return Error::weights(
+            path,
+            "is a Git LFS pointer, not the weights (run `git lfs pull` in the model folder, or download it again)",
+        );
+    }
+    let why = match err {
+        E::HeaderTooSmall | E::InvalidHeaderLength => {
+            format!("file too short for its header ({} bytes; truncated?)", bytes.len())
+        }
+        E::MetadataIncompleteBuffer => {
+            "its size does not match the tensors its header lists (truncated or incomplete download?)".to_string()
+        }
+        other => other.to_string(),
+    };
+    Error::weights(path, format!("not a valid safetensors file: {why}"))
 }
 
 struct Backend(Arc<Weights>);
@@ -195,15 +180,11 @@ impl SimpleBackend for Backend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.0
-            .load_shaped(name, &s, dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        self.0.load_shaped(name, &s, dtype, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0
-            .load(name, dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        self.0.load(name, dtype, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

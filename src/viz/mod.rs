@@ -41,7 +41,9 @@ pub fn mask_image(mask: &[f32], h: usize, w: usize, width: u32, height: u32) -> 
 
 /// A map in [0,1] (the normalised difference) in the magma colour map, smoothly upscaled.
 pub fn heatmap_image(values: &[f32], h: usize, w: usize, width: u32, height: u32) -> RgbImage {
-    RgbImage::from_fn(width, height, |x, y| colormap(&colormaps::MAGMA, sample_bilinear(values, h, w, x, y, width, height)))
+    RgbImage::from_fn(width, height, |x, y| {
+        colormap(&colormaps::MAGMA, sample_bilinear(values, h, w, x, y, width, height))
+    })
 }
 
 /// The source with the mask tinted over it (60% picture, 40% red inside the mask), as the

@@ -28,27 +28,9 @@ pub fn load_fixture(path: &Path) -> HashMap<String, Tensor> {
 
 /// ||a - b|| / ||b||, computed in f64.
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(
-        a.dims(),
-        b.dims(),
-        "shape mismatch: {:?} vs {:?}",
-        a.dims(),
-        b.dims()
-    );
-    let a = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    assert_eq!(a.dims(), b.dims(), "shape mismatch: {:?} vs {:?}", a.dims(), b.dims());
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den.max(1e-300)).sqrt()
@@ -58,8 +40,5 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
 pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
     let err = rel_l2(actual, expected);
     eprintln!("{name}: rel_l2 {err:.3e} (tol {tol:.0e})");
-    assert!(
-        err <= tol,
-        "{name}: relative L2 error {err:.3e} > {tol:.0e}"
-    );
+    assert!(err <= tol, "{name}: relative L2 error {err:.3e} > {tol:.0e}");
 }
