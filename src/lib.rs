@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod diffedit;
 pub mod error;
+pub mod eval;
 pub mod image_io;
 pub mod models;
 pub mod scheduler;

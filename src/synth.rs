@@ -230,9 +230,7 @@ impl Scene {
     pub fn label_map(&self) -> Vec<u8> {
         let n = self.size;
         (0..n * n)
-            .map(|i| {
-                self.objects.iter().position(|o| o.contains(i % n, i / n)).map(|k| k as u8 + 1).unwrap_or(0)
-            })
+            .map(|i| self.objects.iter().position(|o| o.contains(i % n, i / n)).map(|k| k as u8 + 1).unwrap_or(0))
             .collect()
     }
 }
@@ -588,7 +586,14 @@ mod tests {
             assert!(is_success(&r, e.target_object()), "edit {}: {:?} for {:?}", e.index, r, e.target_object());
             // The unedited source is not the target.
             let r = classify(&e.source.render(), &bg, &e.region(), 32);
-            assert!(!is_success(&r, e.target_object()), "edit {}: source read as target: {:?} {:?} {:?}", e.index, r, e.source.objects[e.object], e.target_object());
+            assert!(
+                !is_success(&r, e.target_object()),
+                "edit {}: source read as target: {:?} {:?} {:?}",
+                e.index,
+                r,
+                e.source.objects[e.object],
+                e.target_object()
+            );
         }
     }
 }

@@ -61,10 +61,10 @@ def vae_config(size):
         out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        block_out_channels=[32, 64],
+        block_out_channels=[32, 32],
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        norm_num_groups=8,
         sample_size=size,
         mid_block_add_attention=True,
     )
@@ -77,11 +77,11 @@ def unet_config(latent_size, text_dim):
         out_channels=4,
         down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
         up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-        block_out_channels=[64, 128],
+        block_out_channels=[32, 64],
         layers_per_block=1,
-        attention_head_dim=8,
+        attention_head_dim=4,
         cross_attention_dim=text_dim,
-        norm_num_groups=32,
+        norm_num_groups=16,
     )
 
 
@@ -139,7 +139,7 @@ def train_vae(x, args):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 200 == 0 or step == args.vae_steps - 1:
+        if step % args.log_every == 0 or step == args.vae_steps - 1:
             with torch.no_grad():
                 post = vae.encode(held).latent_dist
                 rec = vae.decode(post.mean).sample
@@ -260,7 +260,7 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
         opt.step()
         ema.update(step)
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
-        if step % 200 == 0 or step == args.unet_steps - 1:
+        if step % args.log_every == 0 or step == args.unet_steps - 1:
             log(f"unet step {step} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time()-t0:.0f}s)")
         if args.samples and (step % args.sample_every == 0 and step > 0 or step == args.unet_steps - 1):
             backup = [p.detach().clone() for p in ema.params]
@@ -344,19 +344,20 @@ def main():
                     help="the real CLIP tokenizer files (vocab.json, merges.txt)")
     ap.add_argument("--samples", default=None, help="folder for progress pictures")
     ap.add_argument("--sample-every", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
-    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-6)
     ap.add_argument("--vae-from", default=None, help="reuse a trained VAE folder instead of stage 1")
-    ap.add_argument("--unet-steps", type=int, default=8000)
-    ap.add_argument("--unet-batch", type=int, default=64)
+    ap.add_argument("--unet-steps", type=int, default=4000)
+    ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--text-width", type=int, default=64)
+    ap.add_argument("--text-width", type=int, default=32)
     ap.add_argument("--vae-only", action="store_true", help="stop after stage 1 (saves OUT/vae)")
     args = ap.parse_args()
 

@@ -1,7 +1,9 @@
 //! The `diffedit` command line: argument parsing, then one call into the library per command.
 
 mod edit;
+pub mod eval;
 mod progress;
+pub mod scenes;
 
 use std::path::PathBuf;
 
@@ -24,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Edit a picture: find where SOURCE and TARGET disagree and repaint only there.
     Edit(edit::EditArgs),
+    /// Evaluate DiffEdit and img2img on held-out synthetic edits (default: the shipped model).
+    Eval(eval::EvalArgs),
+    /// Write synthetic training scenes (pictures, masks, captions) for tools/train_tiny_sd.py.
+    Scenes(scenes::ScenesArgs),
 }
 
 /// Which model to run, and where.
@@ -129,6 +135,8 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Edit(args) => edit::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Scenes(args) => scenes::run(&args),
     };
     match result {
         Ok(()) => 0,
