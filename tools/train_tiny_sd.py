@@ -135,7 +135,9 @@ def train_vae(x, args):
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         rec = vae.decode(z).sample
         kl = post.kl().mean()
-        loss = F.mse_loss(rec, b) + 0.5 * F.l1_loss(rec, b) + args.vae_kl * kl
+        # SD's VAE loss sums the reconstruction error over pixels and weighs the KL term 1e-6
+        # against that sum; with per-pixel means the KL weight is divided by the pixel count.
+        loss = F.mse_loss(rec, b) + 0.5 * F.l1_loss(rec, b) + args.vae_kl * kl / b[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -262,14 +264,20 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % args.log_every == 0 or step == args.unet_steps - 1:
             log(f"unet step {step} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time()-t0:.0f}s)")
-        if args.samples and (step % args.sample_every == 0 and step > 0 or step == args.unet_steps - 1):
+        snap = args.samples and (step % args.sample_every == 0 and step > 0 or step == args.unet_steps - 1)
+        save = args.save_every and step % args.save_every == 0 and step > 0
+        if snap or save:
+            # Both use the EMA weights, then training resumes from the raw ones.
             backup = [p.detach().clone() for p in ema.params]
             ema.copy_to_params()
             unet.eval(), text_encoder.eval()
-            imgs = sample(unet, text_encoder, tokenizer, vae, scale, probe, lat_mean.shape[-1])
-            save_grid(imgs, os.path.join(args.samples, f"samples_{step:06d}.png"))
-            with open(os.path.join(args.samples, "captions.txt"), "w") as f:
-                f.write("\n".join(probe) + "\n")
+            if snap:
+                imgs = sample(unet, text_encoder, tokenizer, vae, scale, probe, lat_mean.shape[-1])
+                save_grid(imgs, os.path.join(args.samples, f"samples_{step:06d}.png"))
+                with open(os.path.join(args.samples, "captions.txt"), "w") as f:
+                    f.write("\n".join(probe) + "\n")
+            if save:
+                save_model(args.out, vae, unet, text_encoder, args.tokenizer, scale, note=f"checkpoint at step {step}")
             with torch.no_grad():
                 for b, p in zip(backup, ema.params):
                     p.copy_(b)
@@ -287,12 +295,12 @@ def halve_large(module, min_numel):
     return {k: (v.half() if v.numel() >= min_numel else v).contiguous() for k, v in module.state_dict().items()}
 
 
-def save_model(out, vae, unet, text_encoder, tokenizer_dir, scale):
+def save_model(out, vae, unet, text_encoder, tokenizer_dir, scale, note="final"):
     from safetensors.torch import save_file
 
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.makedirs(out)
+    os.makedirs(out, exist_ok=True)
+    for sub in ["unet", "text_encoder", "tokenizer", "scheduler"]:
+        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     vae.register_to_config(scaling_factor=float(scale))
     vae.save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
     unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
@@ -333,7 +341,7 @@ def save_model(out, vae, unet, text_encoder, tokenizer_dir, scale):
     }
     json.dump(index, open(os.path.join(out, "model_index.json"), "w"), indent=2)
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
-    log(f"saved {out}: {total/1e6:.1f} MB")
+    log(f"saved {out} ({note}): {total/1e6:.1f} MB")
 
 
 def main():
@@ -344,6 +352,7 @@ def main():
                     help="the real CLIP tokenizer files (vocab.json, merges.txt)")
     ap.add_argument("--samples", default=None, help="folder for progress pictures")
     ap.add_argument("--sample-every", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=500, help="write OUT every N UNet steps (0: only at the end)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -377,9 +386,10 @@ def main():
         vae = AutoencoderKL.from_pretrained(args.vae_from)
     else:
         vae = train_vae(x, args)
-    if args.vae_only:
+        # Saved at once, so a later run can skip stage 1 with --vae-from OUT/vae.
         os.makedirs(args.out, exist_ok=True)
         vae.save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
+    if args.vae_only:
         return
     mean, std = encode_all(vae, x)
     scale = 1.0 / mean.std().item()
