@@ -9,10 +9,12 @@ pub mod bench;
 pub mod cli;
 pub mod diffedit;
 pub mod error;
+pub mod eval;
 pub mod image_io;
 pub mod kernels;
 pub mod models;
 pub mod scheduler;
+pub mod synth;
 pub mod trace;
 pub mod viz;
 

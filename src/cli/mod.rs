@@ -4,11 +4,13 @@ mod ablate;
 mod bench;
 mod compare;
 mod edit;
+pub mod eval;
 mod generate;
 mod invert;
 mod mask;
 mod progress;
 mod report;
+pub mod scenes;
 mod shared;
 
 use std::path::PathBuf;
@@ -46,6 +48,10 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Time the full-size SD 1.5 components with random weights (nothing downloaded).
     Bench(bench::BenchArgs),
+    /// Evaluate DiffEdit and img2img on held-out synthetic edits (default: the shipped model).
+    Eval(eval::EvalArgs),
+    /// Write synthetic training scenes (pictures, masks, captions) for tools/train_tiny_sd.py.
+    Scenes(scenes::ScenesArgs),
 }
 
 /// Which model to run, and where.
@@ -158,6 +164,8 @@ pub fn main() -> i32 {
         Command::Compare(args) => compare::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Scenes(args) => scenes::run(&args),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,189 @@
+//! `diffedit eval`: DiffEdit against img2img on the held-out synthetic edits.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::edit::EditFlags;
+use super::{path_str, ModelArgs, OutputArgs};
+use crate::diffedit::{DiffEdit, Silent};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate_edit, grid_figure, heldout_for, EditRecord, Summary};
+use crate::image_io::{check_output_path, save_image};
+use crate::synth::EditKind;
+
+/// The model that ships in the repository, used when --model is not given.
+pub const SHIPPED_MODEL: &str = "models/diffedit-shapes";
+
+/// The targets `--check` enforces.
+pub const TARGET_MASK_IOU: f64 = 0.6;
+pub const TARGET_BACKGROUND_PSNR_DB: f64 = 30.0;
+pub const TARGET_EDIT_SUCCESS: f64 = 0.8;
+/// How far DiffEdit's background PSNR must be above img2img's.
+pub const TARGET_PSNR_MARGIN_DB: f64 = 5.0;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Evaluate the first N held-out edits (colour change, shape change, object swap in turn).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub limit: usize,
+    /// Write a grid figure: per edit, source, ground truth, DiffEdit's mask, DiffEdit, img2img.
+    #[arg(long, value_name = "PATH.png")]
+    pub figure: Option<PathBuf>,
+    /// Edits shown in the figure.
+    #[arg(long, default_value_t = 8)]
+    pub figure_rows: usize,
+    /// Exit with an error when a metric misses its target (mask IoU >= 0.6, background PSNR >= 30 dB,
+    /// edit success >= 80%, DiffEdit's background PSNR >= img2img's + 5 dB).
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub edit: EditFlags,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn shipped_model() -> String {
+    if std::path::Path::new(SHIPPED_MODEL).is_dir() {
+        SHIPPED_MODEL.to_string()
+    } else {
+        format!("{}/{SHIPPED_MODEL}", env!("CARGO_MANIFEST_DIR"))
+    }
+}
+
+/// The failed targets, as sentences.
+pub fn missed_targets(diffedit: &Summary, img2img: &Summary) -> Vec<String> {
+    let mut missed = vec![];
+    if diffedit.mask_iou < TARGET_MASK_IOU {
+        missed.push(format!("mask IoU {:.3} < {TARGET_MASK_IOU}", diffedit.mask_iou));
+    }
+    if diffedit.background_psnr_db < TARGET_BACKGROUND_PSNR_DB {
+        missed.push(format!("background PSNR {:.2} dB < {TARGET_BACKGROUND_PSNR_DB} dB", diffedit.background_psnr_db));
+    }
+    if diffedit.edit_success < TARGET_EDIT_SUCCESS {
+        missed.push(format!(
+            "edit success {:.1}% < {:.0}%",
+            diffedit.edit_success * 100.0,
+            TARGET_EDIT_SUCCESS * 100.0
+        ));
+    }
+    if diffedit.background_psnr_db < img2img.background_psnr_db + TARGET_PSNR_MARGIN_DB {
+        missed.push(format!(
+            "DiffEdit's background PSNR {:.2} dB is not {TARGET_PSNR_MARGIN_DB} dB above img2img's {:.2} dB",
+            diffedit.background_psnr_db, img2img.background_psnr_db
+        ));
+    }
+    missed
+}
+
+fn table(records: &[EditRecord]) -> String {
+    let mut out =
+        format!("{:<17} {:>5} {:>9} {:>14} {:>13}\n", "method", "edits", "mask IoU", "bg PSNR (dB)", "edit success");
+    let kinds: [(&str, Option<EditKind>); 4] = [
+        ("all", None),
+        ("colour", Some(EditKind::Colour)),
+        ("shape", Some(EditKind::Shape)),
+        ("swap", Some(EditKind::Swap)),
+    ];
+    for (label, kind) in kinds {
+        let rows: Vec<&EditRecord> = records.iter().filter(|r| kind.is_none_or(|k| r.kind == k)).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        for (name, s) in [
+            ("diffedit", Summary::of(rows.iter().map(|r| &r.diffedit))),
+            ("img2img", Summary::of(rows.iter().map(|r| &r.img2img))),
+        ] {
+            let method = if kind.is_none() { name.to_string() } else { format!("{name}/{label}") };
+            out += &format!(
+                "{:<17} {:>5} {:>9.3} {:>14.2} {:>12.1}%\n",
+                method,
+                s.n_edits,
+                s.mask_iou,
+                s.background_psnr_db,
+                s.edit_success * 100.0
+            );
+        }
+    }
+    out
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let params = args.edit.params()?;
+    if args.limit == 0 {
+        return Err(Error::invalid("--limit must be at least 1, got 0"));
+    }
+    if let Some(p) = &args.figure {
+        check_output_path(p, "--figure")?;
+    }
+    let mut model_args = args.model.clone();
+    if model_args.model.is_none() {
+        model_args.model = Some(shipped_model());
+    }
+    let o = &args.output;
+    let clock = Instant::now();
+    let model = model_args.load(o.quiet)?;
+    o.say(format!("model: {} ({:.1} s)", model.origins.unet, clock.elapsed().as_secs_f64()));
+    let edits = heldout_for(&model, args.limit)?;
+    let pipeline = DiffEdit::new(&model, params.clone())?;
+    let clock = Instant::now();
+    let mut records = Vec::with_capacity(edits.len());
+    for (i, edit) in edits.iter().enumerate() {
+        records.push(evaluate_edit(&pipeline, edit, &Silent)?);
+        if !o.quiet && ((i + 1) % 10 == 0 || i + 1 == edits.len()) {
+            let so_far = Summary::of(records.iter().map(|r| &r.diffedit));
+            eprintln!(
+                "{}/{} edits ({:.1} s each): DiffEdit IoU {:.3}, bg PSNR {:.2} dB, success {:.1}%",
+                i + 1,
+                edits.len(),
+                clock.elapsed().as_secs_f64() / (i + 1) as f64,
+                so_far.mask_iou,
+                so_far.background_psnr_db,
+                so_far.edit_success * 100.0
+            );
+        }
+    }
+    let diffedit = Summary::of(records.iter().map(|r| &r.diffedit));
+    let img2img = Summary::of(records.iter().map(|r| &r.img2img));
+    if let Some(p) = &args.figure {
+        save_image(&grid_figure(&records, &edits, args.figure_rows, 4), p)?;
+        o.say(format!("wrote {}", path_str(p)));
+    }
+    let missed = missed_targets(&diffedit, &img2img);
+    if o.json {
+        let by_kind = |k: EditKind, f: fn(&EditRecord) -> &crate::eval::MethodResult| {
+            Summary::of(records.iter().filter(|r| r.kind == k).map(f))
+        };
+        let kinds: serde_json::Map<String, serde_json::Value> = EditKind::ALL
+            .iter()
+            .map(|&k| {
+                let v = serde_json::json!({
+                    "diffedit": by_kind(k, |r| &r.diffedit),
+                    "img2img": by_kind(k, |r| &r.img2img),
+                });
+                (k.name().to_string(), v)
+            })
+            .collect();
+        let summary = serde_json::json!({
+            "command": "eval",
+            "diffedit": diffedit,
+            "img2img": img2img,
+            "by_kind": kinds,
+            "targets_met": missed.is_empty(),
+            "missed_targets": missed,
+            "seconds": clock.elapsed().as_secs_f64(),
+            "model": model.origins,
+            "params": params,
+        });
+        println!("{summary}");
+    } else {
+        print!("{}", table(&records));
+    }
+    if args.check && !missed.is_empty() {
+        return Err(Error::invalid(format!("evaluation below target: {}", missed.join("; "))));
+    }
+    Ok(())
+}

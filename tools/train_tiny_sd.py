@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""Trains `models/diffedit-shapes`: a small Stable-Diffusion-family model on the project's
+synthetic scenes (src/synth.rs), saved in diffusers layout so the Rust loader reads it exactly as
+it reads SD weights.
+
+Run everything with one command from the repository root (it builds the Rust CLI, dumps the
+scenes and calls this script):
+
+    tools/train.sh
+
+or, on a dataset already dumped with `diffedit scenes --out DIR --count N --seed S --size 32`:
+
+    /work/venv-ref/bin/python tools/train_tiny_sd.py --data DIR --out models/diffedit-shapes
+
+Why PyTorch and not candle: on the 2-core machine this project is developed on, one training step
+of this UNet (batch 64, forward + backward) takes tens of milliseconds in PyTorch's CPU kernels
+(oneDNN convolutions, fused attention) and several times longer through candle's CPU backward
+pass; the whole run must fit in well under an hour. The architecture is diffusers' own
+(AutoencoderKL, UNet2DConditionModel with cross-attention, transformers' CLIPTextModel), so the
+committed weights exercise exactly the code paths real SD weights do.
+
+Stages (all seeded; the same command gives the same weights on the same torch build):
+  1. VAE (AutoencoderKL, 2 levels: factor 2, 4 latent channels), trained on reconstruction with a
+     tiny KL term, as SD's VAE was; scaling_factor = 1 / std of the training latents.
+  2. Text encoder (CLIPTextModel, 2 layers, width 64, the real CLIP vocabulary and tokenizer) and
+     UNet (2 levels, cross-attention at full latent resolution and in the middle block) trained
+     together from scratch on epsilon prediction with SD's scaled-linear betas, captions dropped
+     10% of the time (classifier-free guidance), EMA weights saved.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def load_dataset(data_dir, limit=None):
+    rows = [json.loads(l) for l in open(os.path.join(data_dir, "scenes.jsonl"))]
+    if limit:
+        rows = rows[:limit]
+    imgs = np.stack([np.asarray(Image.open(os.path.join(data_dir, r["image"])).convert("RGB")) for r in rows])
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, [r["caption"] for r in rows]
+
+
+def vae_config(size):
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        block_out_channels=[32, 32],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=size,
+        mid_block_add_attention=True,
+    )
+
+
+def unet_config(latent_size, text_dim):
+    return dict(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        attention_head_dim=4,
+        cross_attention_dim=text_dim,
+        norm_num_groups=16,
+    )
+
+
+def text_config(width):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=width,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+
+
+def psnr(a, b):
+    mse = ((a - b) ** 2).mean().item() * 0.25  # [-1,1] -> [0,1]
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def cosine_lr(step, total, base, warmup):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def train_vae(x, args):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKL(**vae_config(x.shape[-1]))
+    log(f"vae: {sum(p.numel() for p in vae.parameters())/1e6:.2f}M parameters")
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    held = x[-256:]
+    train = x[:-256]
+    t0 = time.time()
+    for step in range(args.vae_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 100)
+        idx = torch.randint(0, train.shape[0], (args.vae_batch,), generator=g)
+        b = train[idx]
+        post = vae.encode(b).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean()
+        # SD's VAE loss sums the reconstruction error over pixels and weighs the KL term 1e-6
+        # against that sum; with per-pixel means the KL weight is divided by the pixel count.
+        loss = F.mse_loss(rec, b) + 0.5 * F.l1_loss(rec, b) + args.vae_kl * kl / b[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % args.log_every == 0 or step == args.vae_steps - 1:
+            with torch.no_grad():
+                post = vae.encode(held).latent_dist
+                rec = vae.decode(post.mean).sample
+                p = psnr(rec.clamp(-1, 1), held)
+            log(f"vae step {step} loss {loss.item():.5f} kl {kl.item():.1f} held-out psnr {p:.2f} dB "
+                f"({time.time()-t0:.0f}s)")
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae, x):
+    means, stds = [], []
+    for i in range(0, x.shape[0], 256):
+        post = vae.encode(x[i:i + 256]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def tokenize(tokenizer, captions):
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+class Ema:
+    def __init__(self, modules, decay):
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self):
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+
+def alphas_cumprod():
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+@torch.no_grad()
+def sample(unet, text_encoder, tokenizer, vae, scale, captions, latent_size, steps=25, guidance=5.0, seed=0):
+    """Plain DDIM sampling (eta 0, leading spacing), for the progress pictures."""
+    ac = alphas_cumprod()
+    g = torch.Generator().manual_seed(seed)
+    n = len(captions)
+    cond = text_encoder(tokenize(tokenizer, captions))[0]
+    unc = text_encoder(tokenize(tokenizer, [""] * n))[0]
+    z = torch.randn((n, 4, latent_size, latent_size), generator=g)
+    ts = list(range(0, 1000, 1000 // steps))[::-1]
+    ts = [t + 1 for t in ts]
+    for i, t in enumerate(ts):
+        e = unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([unc, cond])).sample
+        eu, ec = e.chunk(2)
+        e = eu + guidance * (ec - eu)
+        a = ac[t]
+        a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else ac[0]
+        x0 = (z - (1 - a).sqrt() * e) / a.sqrt()
+        z = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e
+    return vae.decode(z / scale).sample.clamp(-1, 1)
+
+
+def save_grid(imgs, path, cols=8):
+    imgs = ((imgs + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    n, h, w, _ = imgs.shape
+    rows = (n + cols - 1) // cols
+    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i in range(n):
+        grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = imgs[i]
+    Image.fromarray(grid).resize((cols * w * 3, rows * h * 3), Image.NEAREST).save(path)
+
+
+def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(args.seed + 2)
+    text_encoder = CLIPTextModel(text_config(args.text_width))
+    unet = UNet2DConditionModel(**unet_config(lat_mean.shape[-1], args.text_width))
+    log(f"unet: {sum(p.numel() for p in unet.parameters())/1e6:.2f}M parameters, text encoder: "
+        f"{sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
+    ids = tokenize(tokenizer, captions)
+    empty = tokenize(tokenizer, [""])[0]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    ema = Ema([unet, text_encoder], args.ema)
+    ac = alphas_cumprod()
+    g = torch.Generator().manual_seed(args.seed + 3)
+    n = lat_mean.shape[0]
+    t0 = time.time()
+    avg = None
+    probe = captions[:16]
+    for step in range(args.unet_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = cosine_lr(step, args.unet_steps, args.unet_lr, 200)
+        idx = torch.randint(0, n, (args.unet_batch,), generator=g)
+        z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)) * scale
+        tok = ids[idx].clone()
+        drop = torch.rand(args.unet_batch, generator=g) < 0.1
+        tok[drop] = empty
+        t = torch.randint(0, 1000, (args.unet_batch,), generator=g)
+        eps = torch.randn(z0.shape, generator=g)
+        a = ac[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        emb = text_encoder(tok)[0]
+        pred = unet(zt, t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        if step % args.log_every == 0 or step == args.unet_steps - 1:
+            log(f"unet step {step} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time()-t0:.0f}s)")
+        snap = args.samples and (step % args.sample_every == 0 and step > 0 or step == args.unet_steps - 1)
+        save = args.save_every and step % args.save_every == 0 and step > 0
+        if snap or save:
+            # Both use the EMA weights, then training resumes from the raw ones.
+            backup = [p.detach().clone() for p in ema.params]
+            ema.copy_to_params()
+            unet.eval(), text_encoder.eval()
+            if snap:
+                imgs = sample(unet, text_encoder, tokenizer, vae, scale, probe, lat_mean.shape[-1])
+                save_grid(imgs, os.path.join(args.samples, f"samples_{step:06d}.png"))
+                with open(os.path.join(args.samples, "captions.txt"), "w") as f:
+                    f.write("\n".join(probe) + "\n")
+            if save:
+                save_model(args.out, vae, unet, text_encoder, args.tokenizer, scale, note=f"checkpoint at step {step}")
+            with torch.no_grad():
+                for b, p in zip(backup, ema.params):
+                    p.copy_(b)
+            unet.train(), text_encoder.train()
+    ema.copy_to_params()
+    unet.eval(), text_encoder.eval()
+    return unet, text_encoder
+
+
+def halve_large(module, min_numel):
+    """Stores tensors of at least `min_numel` values as f16 (the token embedding, mostly): the Rust
+    loader converts them back to the compute dtype. Small tensors stay f32."""
+    from safetensors.torch import save_file
+
+    return {k: (v.half() if v.numel() >= min_numel else v).contiguous() for k, v in module.state_dict().items()}
+
+
+def save_model(out, vae, unet, text_encoder, tokenizer_dir, scale, note="final"):
+    from safetensors.torch import save_file
+
+    os.makedirs(out, exist_ok=True)
+    for sub in ["unet", "text_encoder", "tokenizer", "scheduler"]:
+        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+    vae.register_to_config(scaling_factor=float(scale))
+    vae.save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
+    unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    te_dir = os.path.join(out, "text_encoder")
+    text_encoder.save_pretrained(te_dir, safe_serialization=True)
+    # Re-save the text encoder with its 49408 x D token embedding in f16 (3 MB saved).
+    sd = halve_large(text_encoder, 1_000_000)
+    save_file(sd, os.path.join(te_dir, "model.safetensors"), metadata={"format": "pt"})
+    tok_out = os.path.join(out, "tokenizer")
+    os.makedirs(tok_out)
+    for name in ["vocab.json", "merges.txt", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(tokenizer_dir, name), tok_out)
+    os.makedirs(os.path.join(out, "scheduler"))
+    sched = {
+        "_class_name": "DDIMScheduler",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": None,
+    }
+    json.dump(sched, open(os.path.join(out, "scheduler", "scheduler_config.json"), "w"), indent=2)
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    json.dump(index, open(os.path.join(out, "model_index.json"), "w"), indent=2)
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    log(f"saved {out} ({note}): {total/1e6:.1f} MB")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="folder written by `diffedit scenes`")
+    ap.add_argument("--out", default="models/diffedit-shapes")
+    ap.add_argument("--tokenizer", default="tests/fixtures/models/tiny-sd/tokenizer",
+                    help="the real CLIP tokenizer files (vocab.json, merges.txt)")
+    ap.add_argument("--samples", default=None, help="folder for progress pictures")
+    ap.add_argument("--sample-every", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=500, help="write OUT every N UNet steps (0: only at the end)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-kl", type=float, default=1e-6)
+    ap.add_argument("--vae-from", default=None, help="reuse a trained VAE folder instead of stage 1")
+    ap.add_argument("--unet-steps", type=int, default=4000)
+    ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--text-width", type=int, default=32)
+    ap.add_argument("--vae-only", action="store_true", help="stop after stage 1 (saves OUT/vae)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    from transformers import CLIPTokenizer
+    from diffusers import AutoencoderKL
+
+    tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer)
+    if args.samples:
+        os.makedirs(args.samples, exist_ok=True)
+    t0 = time.time()
+    x, captions = load_dataset(args.data, args.limit)
+    log(f"{x.shape[0]} scenes of {x.shape[-1]}x{x.shape[-1]} loaded ({time.time()-t0:.0f}s)")
+
+    if args.vae_from:
+        vae = AutoencoderKL.from_pretrained(args.vae_from)
+    else:
+        vae = train_vae(x, args)
+        # Saved at once, so a later run can skip stage 1 with --vae-from OUT/vae.
+        os.makedirs(args.out, exist_ok=True)
+        vae.save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
+    if args.vae_only:
+        return
+    mean, std = encode_all(vae, x)
+    scale = 1.0 / mean.std().item()
+    log(f"latents {tuple(mean.shape[1:])}, std {mean.std().item():.4f} -> scaling_factor {scale:.5f}, "
+        f"posterior std mean {std.mean().item():.2e}")
+    unet, text_encoder = train_unet(mean, std, captions, scale, vae, tokenizer, args)
+    save_model(args.out, vae, unet, text_encoder, args.tokenizer, scale)
+    log(f"total {time.time()-t0:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
