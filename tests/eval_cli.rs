@@ -1,0 +1,63 @@
+//! `diffedit eval` and `diffedit scenes` through the binary, on the model that ships in
+//! models/diffedit-shapes.
+
+use std::process::Command;
+
+fn diffedit(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_diffedit"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the diffedit binary runs")
+}
+
+#[test]
+fn eval_json_has_both_methods_and_the_requested_count() {
+    let out = diffedit(&["eval", "--limit", "3", "--steps", "10", "--mask-samples", "2", "--json", "--quiet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    for method in ["diffedit", "img2img"] {
+        let m = &v[method];
+        assert_eq!(m["n_edits"], 3, "{method}");
+        for key in ["mask_iou", "background_psnr_db", "edit_success"] {
+            assert!(m[key].is_f64(), "{method}.{key} missing in {v}");
+        }
+        let s = m["edit_success"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s));
+        let iou = m["mask_iou"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&iou));
+    }
+    // img2img repaints the whole picture: its region is everything.
+    assert!(v["img2img"]["mask_iou"].as_f64().unwrap() < 0.5);
+}
+
+#[test]
+fn eval_rejects_a_zero_limit() {
+    let out = diffedit(&["eval", "--limit", "0", "--quiet"]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: --limit must be at least 1, got 0");
+}
+
+#[test]
+fn scenes_writes_pictures_masks_and_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s");
+    let o = diffedit(&["scenes", "--out", out.to_str().unwrap(), "--count", "3", "--seed", "5", "--size", "32"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("scenes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, row) in lines.iter().enumerate() {
+        let scene = diffedit::synth::scene(5, i as u64, 32);
+        assert_eq!(row["caption"], scene.caption());
+        let img = image::open(out.join(row["image"].as_str().unwrap())).unwrap().to_rgb8();
+        assert_eq!(img.as_raw(), &scene.render());
+        let mask = image::open(out.join(row["mask"].as_str().unwrap())).unwrap().to_luma8();
+        assert_eq!(mask.as_raw(), &scene.label_map());
+    }
+    let bad = diffedit(&["scenes", "--out", out.to_str().unwrap(), "--size", "8"]);
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).trim(), "error: --size must be at least 16, got 8");
+}
