@@ -1,17 +1,14 @@
 //! `diffedit edit`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clap::Args;
 
+use super::shared::{check_outputs, check_prompts, edit_noise, load};
 use super::{default_out, path_str, ModelArgs, OutputArgs};
-use crate::diffedit::{experiments, Alignment, DiffEdit, EditParams, Noise};
+use crate::diffedit::{experiments, Alignment, DiffEdit, EditParams};
 use crate::error::{Error, Result};
-use crate::image_io::{
-    self, check_output_path, check_processing_size, image_to_tensor, load_rgb, processing_size, resize, save_image,
-    tensor_to_image,
-};
+use crate::image_io::{self, image_to_tensor, resize, save_image, tensor_to_image};
 use crate::viz;
 
 #[derive(Args, Debug)]
@@ -116,12 +113,7 @@ impl EditFlags {
 
 pub fn run(args: &EditArgs) -> Result<()> {
     let params = args.edit.params()?;
-    if args.source.trim().is_empty() {
-        return Err(Error::invalid("--source prompt is empty: describe the picture as it is"));
-    }
-    if args.target.trim().is_empty() {
-        return Err(Error::invalid("--target prompt is empty: describe the picture as it should become"));
-    }
+    check_prompts(&args.source, &args.target)?;
     let out_path = args.out.clone().unwrap_or_else(|| default_out(&args.image, "edit"));
     let outputs: Vec<(&str, &Path)> = [
         ("--out", Some(out_path.as_path())),
@@ -134,10 +126,7 @@ pub fn run(args: &EditArgs) -> Result<()> {
     .into_iter()
     .filter_map(|(flag, p)| p.map(|p| (flag, p)))
     .collect();
-    for (flag, p) in &outputs {
-        check_output_path(p, flag)?;
-    }
-    let requested_size = args.size.as_deref().map(image_io::parse_size).transpose()?;
+    check_outputs(&outputs)?;
     if let Some(sigma) = args.mask_blur {
         experiments::check_sigma(sigma)?;
     }
@@ -147,30 +136,13 @@ pub fn run(args: &EditArgs) -> Result<()> {
         }
     }
 
-    let original = load_rgb(&args.image)?;
     let o = &args.output;
-    o.say("loading model ...");
-    let clock = Instant::now();
-    let model = args.model.load(o.quiet)?;
-    let load_s = clock.elapsed().as_secs_f64();
-    o.say(format!(
-        "model: unet {}, vae {}, text encoder {}, scheduler {} ({load_s:.1} s)",
-        model.origins.unet, model.origins.vae, model.origins.text_encoder, model.origins.scheduler
-    ));
-
-    let (width, height) = match requested_size {
-        Some(s) => s,
-        None => processing_size(original.width(), original.height(), model.native_size(), model.vae_factor()),
-    };
-    check_processing_size(width, height, model.vae_factor(), model.unet_factor(), model.native_size())?;
-    let pipeline = DiffEdit::new(&model, params.clone())?;
-    let latent = pipeline.latent_shape(width, height);
-    let noise = match &args.noise {
-        Some(path) => Noise::from_file(path, latent, params.mask_samples)?,
-        None => Noise::seeded(params.seed, latent, params.mask_samples)?,
-    };
-    let processed = resize(&original, width, height);
-    let image = image_to_tensor(&processed)?;
+    let loaded = load(&args.model, Some(&args.image), args.size.as_deref(), o)?;
+    let (model, original, processed) = (&loaded.model, &loaded.original, &loaded.processed);
+    let (width, height, load_s) = (loaded.width, loaded.height, loaded.load_s);
+    let pipeline = DiffEdit::new(model, params.clone())?;
+    let noise = edit_noise(&pipeline, &params, args.noise.as_deref(), &loaded)?;
+    let image = image_to_tensor(processed)?;
     let progress = o.progress();
     let (result, soft_mask) = match args.mask_blur {
         Some(sigma) => {

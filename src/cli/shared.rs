@@ -88,6 +88,8 @@ pub fn parse_list(flag: &str, s: &str) -> Result<Vec<f64>> {
 /// The model and the picture at its processing size.
 pub struct Loaded {
     pub model: StableDiffusion,
+    /// The picture as read (black at the processing size when there is none).
+    pub original: RgbImage,
     /// The picture at the processing size.
     pub processed: RgbImage,
     pub width: usize,
@@ -117,7 +119,7 @@ pub fn load(model: &ModelArgs, image: Option<&Path>, size: Option<&str>, o: &Out
     check_processing_size(width, height, model.vae_factor(), model.unet_factor(), native)?;
     let original = original.unwrap_or_else(|| RgbImage::new(width as u32, height as u32));
     let processed = resize(&original, width, height);
-    Ok(Loaded { model, processed, width, height, load_s })
+    Ok(Loaded { model, original, processed, width, height, load_s })
 }
 
 /// The edit's random draws: from `--noise`, or seeded.
