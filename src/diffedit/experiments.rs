@@ -13,7 +13,7 @@ use rand_distr::{Distribution, StandardNormal};
 use super::decode::{ddim_decode, decode_timesteps};
 use super::mask::{threshold_mask, MaskOutput};
 use super::params::python_int_of_product;
-use super::pipeline::{DiffEdit, EditOutput, Noise, PromptEmbeddings, StageTimings};
+use super::pipeline::{DiffEdit, EditOutput, Noise, PromptEmbeddings};
 use super::{guided_prediction, Alignment, Denoiser, Progress, Stage};
 use crate::error::{Error, Result};
 use crate::image_io::tensor_to_image;
@@ -514,36 +514,20 @@ pub fn edit_with_blurred_mask(
     sigma: f64,
     progress: &dyn Progress,
 ) -> Result<(EditOutput, Tensor)> {
-    let mut ledger = Ledger::default();
-    let prepared = prepare(pipeline, image, source, target, noise, &mut ledger, progress)?;
-    let soft = blur_mask(&prepared.mask.mask, sigma)?;
-    let k = pipeline.params.inversion_steps();
-    let inverted =
-        ledger.run(pipeline, "inversion", || pipeline.invert(&prepared.latents, &prepared.embeddings, k, progress))?;
-    let s = pipeline.params.start_step();
-    let decoded_latents = ledger
-        .run(pipeline, "decoding", || pipeline.decode(&inverted, Some(&soft), s, &prepared.embeddings, progress))?;
-    let last = decoded_latents.last().ok_or_else(|| Error::invalid("decoding produced no latent"))?;
-    let decoded = ledger.run(pipeline, "vae_decode", || pipeline.decode_latents(last))?;
-    let seconds = |stage: &str| ledger.stages.iter().filter(|r| r.stage == stage).map(|r| r.seconds).sum();
-    let timings = StageTimings {
-        encode_s: seconds("encode"),
-        mask_s: seconds("mask"),
-        inversion_s: seconds("inversion"),
-        decoding_s: seconds("decoding"),
-        vae_decode_s: seconds("vae_decode"),
-    };
-    let Prepared { embeddings, latents, mask } = prepared;
-    let output = EditOutput {
-        embeddings,
-        latents,
-        mask,
-        inverted,
-        decoded_latents,
-        decoded,
-        timings,
-        unet_evaluations: pipeline.unet_evaluations(),
-    };
+    let mut soft = None;
+    let output = pipeline.edit_with_decode_mask(
+        image,
+        source,
+        target,
+        noise,
+        |m| {
+            let blurred = blur_mask(&m.mask, sigma)?;
+            soft = Some(blurred.clone());
+            Ok(blurred)
+        },
+        progress,
+    )?;
+    let soft = soft.ok_or_else(|| Error::invalid("the edit computed no mask"))?;
     Ok((output, soft))
 }
 

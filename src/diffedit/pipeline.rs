@@ -258,6 +258,20 @@ impl<'m> DiffEdit<'m> {
         noise: &Noise,
         progress: &dyn Progress,
     ) -> Result<EditOutput> {
+        self.edit_with_decode_mask(image, source, target, noise, |m| Ok(m.mask.clone()), progress)
+    }
+
+    /// The whole edit, decoding with the mask `decode_mask` makes from the computed one (e.g. a
+    /// blurred, soft mask); the output keeps the computed mask.
+    pub fn edit_with_decode_mask(
+        &self,
+        image: &Tensor,
+        source: &str,
+        target: &str,
+        noise: &Noise,
+        decode_mask: impl FnOnce(&MaskOutput) -> Result<Tensor>,
+        progress: &dyn Progress,
+    ) -> Result<EditOutput> {
         let (_, _, height, width) = image.dims4()?;
         let (c, h, w) = self.latent_shape(width, height);
         if noise.vae_noise.dims() != [1, c, h, w] {
@@ -290,7 +304,8 @@ impl<'m> DiffEdit<'m> {
 
         let clock = Instant::now();
         let s = self.params.start_step();
-        let decoded_latents = self.decode(&inverted, Some(&mask.mask), s, &embeddings, progress)?;
+        let blend_mask = decode_mask(&mask)?;
+        let decoded_latents = self.decode(&inverted, Some(&blend_mask), s, &embeddings, progress)?;
         timings.decoding_s = clock.elapsed().as_secs_f64();
 
         let clock = Instant::now();
