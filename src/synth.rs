@@ -66,6 +66,12 @@ const fn colour(name: &'static str, rgb: [u8; 3]) -> Colour {
     Colour { name, rgb }
 }
 
+/// "an orange circle", "a red circle": the tokenizer sees the article a person would write.
+fn with_article(phrase: &str) -> String {
+    let vowel = phrase.chars().next().is_some_and(|c| "aeiou".contains(c));
+    format!("{} {phrase}", if vowel { "an" } else { "a" })
+}
+
 /// Object colours: saturated and far apart, so a nearest-colour classifier reads them reliably.
 pub const OBJECT_COLOURS: [Colour; 6] = [
     colour("red", [220, 30, 30]),
@@ -197,8 +203,8 @@ pub struct Scene {
 impl Scene {
     /// "a red circle on a gray background", "a red circle and a blue square on a ...".
     pub fn caption(&self) -> String {
-        let objs: Vec<String> = self.objects.iter().map(|o| format!("a {}", o.phrase())).collect();
-        format!("{} on a {}", objs.join(" and "), self.background.phrase())
+        let objs: Vec<String> = self.objects.iter().map(|o| with_article(&o.phrase())).collect();
+        format!("{} on {}", objs.join(" and "), with_article(&self.background.phrase()))
     }
 
     /// The picture as row-major RGB bytes; later objects are painted over earlier ones (objects
@@ -532,6 +538,8 @@ mod tests {
             ],
         };
         assert_eq!(s.caption(), "a red circle and a blue square on a gray background");
+        let orange = Scene { objects: vec![Object { colour: 5, ..s.objects[0] }], ..s.clone() };
+        assert_eq!(orange.caption(), "an orange circle on a gray background");
         let g = Background::Gradient { from: 0, to: 1, vertical: true };
         assert_eq!(g.phrase(), "white and black gradient background");
         let t = Background::Textured { colour: 5, texture: Texture::Checkered };

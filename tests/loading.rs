@@ -11,7 +11,7 @@ use std::process::Command;
 use candle_core::{DType, Device, Tensor};
 use common::tiny_model;
 use diffedit::models::hub::Fetcher;
-use diffedit::models::loading::{ModelSpec, StableDiffusion};
+use diffedit::models::loading::{ModelChoice, ModelSpec, StableDiffusion};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -115,15 +115,97 @@ fn default_combination_runs_through_the_cli_from_hf_home() {
         .env("HF_HUB_OFFLINE", "1")
         .args(["edit", "--image"])
         .arg(common::fixtures().join("pipeline/sd1_exact_default_in.png"))
-        .args(["--source", "a horse", "--target", "a zebra", "--steps", "3", "--mask-samples", "2", "--json", "-q"])
+        .args(["--source", "a horse", "--target", "a zebra", "--steps", "3", "--mask-samples", "2", "--json"])
         .arg("--out")
         .arg(out.path().join("zebra.png"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["model"]["vae"], "stabilityai/sd-vae-ft-ema");
     assert!(out.path().join("zebra.png").is_file());
+    assert!(
+        stderr.contains(
+            "using Stable Diffusion from the Hugging Face cache (the tutorial's CompVis/stable-diffusion-v1-4, \
+             stabilityai/sd-vae-ft-ema, openai/clip-vit-large-patch14)"
+        ),
+        "{stderr}"
+    );
+}
+
+fn bundled_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/diffedit-shapes")
+}
+
+#[test]
+fn unnamed_model_is_stable_diffusion_when_cached_else_the_bundled_model() {
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher =
+        Fetcher::from_env().with_cache_dir(cache.path().to_path_buf()).with_offline(true).with_progress(false);
+    let unnamed = ModelSpec::default();
+
+    // Empty cache: the shipped model, found through the source tree.
+    let (spec, choice) = unnamed.resolve(&fetcher);
+    let ModelChoice::Bundled(dir) = &choice else { panic!("{choice:?}") };
+    assert_eq!(dir.canonicalize().unwrap(), bundled_dir().canonicalize().unwrap());
+    assert_eq!(spec.model.as_deref(), Some(dir.to_str().unwrap()));
+    // Even online: nothing is downloaded behind the user's back.
+    let online = fetcher.clone().with_offline(false).with_endpoint("http://127.0.0.1:9".into());
+    assert!(matches!(unnamed.resolve(&online).1, ModelChoice::Bundled(_)));
+
+    // Configs cached but the UNet's weights missing: still not usable, still the bundled model.
+    tutorial_cache(cache.path());
+    let unet_weights = snapshot(cache.path(), "CompVis/stable-diffusion-v1-4").join("unet");
+    let moved = cache.path().join("moved.safetensors");
+    std::fs::rename(unet_weights.join("diffusion_pytorch_model.safetensors"), &moved).unwrap();
+    assert!(matches!(unnamed.resolve(&fetcher).1, ModelChoice::Bundled(_)));
+
+    // All of it cached: Stable Diffusion, as the tutorial combines it.
+    std::fs::rename(&moved, unet_weights.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let (spec, choice) = unnamed.resolve(&fetcher);
+    assert_eq!(choice, ModelChoice::TutorialCached);
+    assert!(spec.is_unnamed());
+
+    // Named: taken as is; `tutorial` asks for the tutorial's combination.
+    let named = ModelSpec { vae: Some("stabilityai/sd-vae-ft-mse".into()), ..Default::default() };
+    assert_eq!(named.resolve(&fetcher), (named.clone(), ModelChoice::Named));
+    let tutorial = ModelSpec { model: Some("tutorial".into()), ..Default::default() };
+    let empty = tempfile::tempdir().unwrap();
+    let (spec, choice) = tutorial.resolve(&fetcher.clone().with_cache_dir(empty.path().to_path_buf()));
+    assert_eq!(choice, ModelChoice::TutorialRequested);
+    assert!(spec.is_unnamed());
+}
+
+#[test]
+fn without_stable_diffusion_the_cli_edits_with_the_bundled_model_and_says_so() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_diffedit"))
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("DIFFEDIT_BUNDLED_MODEL")
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["edit", "--image"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/example/shapes.png"))
+        .args(["--source", "a green circle on a gray background", "--target", "a red circle on a gray background"])
+        .args(["--steps", "5", "--mask-samples", "2", "--json", "--out"])
+        .arg(out.path().join("edited.png"))
+        .arg("--save-mask")
+        .arg(out.path().join("mask.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("using the small bundled model diffedit-shapes ("), "{stderr}");
+    assert!(stderr.contains("Stable Diffusion is not in the Hugging Face cache"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let unet = summary["model"]["unet"].as_str().unwrap();
+    assert!(unet.ends_with("models/diffedit-shapes (unet)"), "{unet}");
+    let edited = image::open(out.path().join("edited.png")).unwrap();
+    let source = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/example/shapes.png")).unwrap();
+    assert_eq!((edited.width(), edited.height()), (source.width(), source.height()));
+    assert!(out.path().join("mask.png").is_file());
 }
 
 #[test]

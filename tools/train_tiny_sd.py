@@ -55,13 +55,13 @@ def load_dataset(data_dir, limit=None):
     return x, [r["caption"] for r in rows]
 
 
-def vae_config(size):
+def vae_config(size, channels):
     return dict(
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        block_out_channels=[32, 32],
+        block_out_channels=channels,
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -70,14 +70,16 @@ def vae_config(size):
     )
 
 
-def unet_config(latent_size, text_dim):
+def unet_config(latent_size, text_dim, channels):
+    # Cross-attention at both levels: the half-resolution level is where the shape is decided, and
+    # the prompt's colour and shape words must reach it.
     return dict(
         sample_size=latent_size,
         in_channels=4,
         out_channels=4,
-        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-        block_out_channels=[32, 64],
+        down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        block_out_channels=channels,
         layers_per_block=1,
         attention_head_dim=4,
         cross_attention_dim=text_dim,
@@ -119,7 +121,7 @@ def train_vae(x, args):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(args.seed)
-    vae = AutoencoderKL(**vae_config(x.shape[-1]))
+    vae = AutoencoderKL(**vae_config(x.shape[-1], args.vae_channels))
     log(f"vae: {sum(p.numel() for p in vae.parameters())/1e6:.2f}M parameters")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -227,7 +229,7 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
 
     torch.manual_seed(args.seed + 2)
     text_encoder = CLIPTextModel(text_config(args.text_width))
-    unet = UNet2DConditionModel(**unet_config(lat_mean.shape[-1], args.text_width))
+    unet = UNet2DConditionModel(**unet_config(lat_mean.shape[-1], args.text_width, args.unet_channels))
     log(f"unet: {sum(p.numel() for p in unet.parameters())/1e6:.2f}M parameters, text encoder: "
         f"{sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
     ids = tokenize(tokenizer, captions)
@@ -255,7 +257,11 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         emb = text_encoder(tok)[0]
         pred = unet(zt, t, encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred, eps)
+        # Min-SNR-gamma weighting (Hang et al. 2023): the low-noise steps, which only polish
+        # detail, stop dominating the gradient, and the model learns the prompt's layout sooner.
+        snr = a.view(-1) / (1 - a.view(-1))
+        weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
+        loss = ((pred - eps) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -357,16 +363,19 @@ def main():
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
-    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-6)
+    ap.add_argument("--vae-channels", type=lambda v: [int(c) for c in v.split(",")], default=[32, 64])
     ap.add_argument("--vae-from", default=None, help="reuse a trained VAE folder instead of stage 1")
-    ap.add_argument("--unet-steps", type=int, default=4000)
+    ap.add_argument("--unet-steps", type=int, default=12000)
+    ap.add_argument("--unet-channels", type=lambda v: [int(c) for c in v.split(",")], default=[32, 64])
+    ap.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting (0: plain MSE)")
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--text-width", type=int, default=32)
+    ap.add_argument("--text-width", type=int, default=64)
     ap.add_argument("--vae-only", action="store_true", help="stop after stage 1 (saves OUT/vae)")
     args = ap.parse_args()
 

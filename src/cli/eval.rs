@@ -11,10 +11,8 @@ use crate::diffedit::{DiffEdit, Silent};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_edit, grid_figure, heldout_for, EditRecord, Summary};
 use crate::image_io::{check_output_path, save_image};
+use crate::models::loading::{bundled_model_dir, BUNDLED_MODEL_DIR};
 use crate::synth::EditKind;
-
-/// The model that ships in the repository, used when --model is not given.
-pub const SHIPPED_MODEL: &str = "models/diffedit-shapes";
 
 /// The targets `--check` enforces.
 pub const TARGET_MASK_IOU: f64 = 0.6;
@@ -46,12 +44,13 @@ pub struct EvalArgs {
     pub output: OutputArgs,
 }
 
-fn shipped_model() -> String {
-    if std::path::Path::new(SHIPPED_MODEL).is_dir() {
-        SHIPPED_MODEL.to_string()
-    } else {
-        format!("{}/{SHIPPED_MODEL}", env!("CARGO_MANIFEST_DIR"))
-    }
+fn shipped_model() -> Result<String> {
+    bundled_model_dir().map(|p| p.display().to_string()).ok_or_else(|| {
+        Error::invalid(format!(
+            "the bundled model ({BUNDLED_MODEL_DIR}) was not found here, beside the executable or in the source tree; \
+             name one with --model or set DIFFEDIT_BUNDLED_MODEL"
+        ))
+    })
 }
 
 /// The failed targets, as sentences.
@@ -121,7 +120,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let mut model_args = args.model.clone();
     if model_args.model.is_none() {
-        model_args.model = Some(shipped_model());
+        model_args.model = Some(shipped_model()?);
     }
     let o = &args.output;
     let clock = Instant::now();

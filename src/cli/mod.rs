@@ -57,9 +57,10 @@ pub enum Command {
 /// Which model to run, and where.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Whole model: a diffusers folder or a Hugging Face repo id (default: the tutorial's
-    /// combination of CompVis/stable-diffusion-v1-4, stabilityai/sd-vae-ft-ema and
-    /// openai/clip-vit-large-patch14).
+    /// Whole model: a diffusers folder or a Hugging Face repo id. Default: Stable Diffusion as the
+    /// tutorial combines it (CompVis/stable-diffusion-v1-4, stabilityai/sd-vae-ft-ema,
+    /// openai/clip-vit-large-patch14) when it is in the Hugging Face cache, else the bundled small
+    /// model (models/diffedit-shapes). `tutorial` asks for the tutorial's, downloading it if needed.
     #[arg(long, value_name = "ID|DIR")]
     pub model: Option<String>,
     /// UNet from another folder or repo.
@@ -115,13 +116,19 @@ impl ModelArgs {
         Ok((device, dtype))
     }
 
+    /// Loads the named model, or with none named Stable Diffusion from the cache, else the
+    /// bundled small model; says which unless `quiet`.
     pub fn load(&self, quiet: bool) -> Result<StableDiffusion> {
         let (device, dtype) = self.device()?;
         let mut fetcher = Fetcher::from_env().with_progress(!quiet);
         if self.offline {
             fetcher = fetcher.with_offline(true);
         }
-        StableDiffusion::load(&self.spec(), &fetcher, &device, dtype)
+        let (spec, choice) = self.spec().resolve(&fetcher);
+        if let (false, Some(why)) = (quiet, choice.explain()) {
+            eprintln!("{why}");
+        }
+        StableDiffusion::load(&spec, &fetcher, &device, dtype)
     }
 }
 

@@ -25,7 +25,7 @@ pub const DEFAULT_TEXT_ENCODER: &str = "openai/clip-vit-large-patch14";
 
 /// Which model, and optionally which component from elsewhere. Each field is a local folder or a
 /// hub repo id (`owner/name[@revision]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelSpec {
     /// A whole diffusers model; `None` means the tutorial's combination.
     pub model: Option<String>,
@@ -59,6 +59,122 @@ pub struct StableDiffusion {
     /// dtype is f16 (SD's VAE overflows in f16), as diffusers' pipelines do.
     pub vae_dtype: DType,
     pub origins: ComponentOrigins,
+}
+
+/// What `--model tutorial` names: the tutorial's combination, even when it must be downloaded.
+pub const TUTORIAL_MODEL_KEYWORD: &str = "tutorial";
+
+/// The project's small trained model, shipped in the repository (see its README), for machines
+/// without Stable Diffusion weights.
+pub const BUNDLED_MODEL_DIR: &str = "models/diffedit-shapes";
+
+/// Where the shipped model is: `$DIFFEDIT_BUNDLED_MODEL`, else `models/diffedit-shapes` in the
+/// current folder, beside the executable's repository (`target/<profile>/diffedit` -> `../..`)
+/// or in the source tree the binary was built from. `None` when none of them holds a model.
+pub fn bundled_model_dir() -> Option<PathBuf> {
+    let is_model = |p: &Path| p.join("model_index.json").is_file();
+    if let Some(dir) = std::env::var_os("DIFFEDIT_BUNDLED_MODEL").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(dir)).filter(|p| is_model(p));
+    }
+    let mut candidates = vec![PathBuf::from(BUNDLED_MODEL_DIR)];
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        candidates.push(exe_dir.join(BUNDLED_MODEL_DIR));
+        candidates.extend(exe_dir.ancestors().nth(2).map(|root| root.join(BUNDLED_MODEL_DIR)));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_MODEL_DIR));
+    candidates.into_iter().find(|p| is_model(p))
+}
+
+/// Which model a [`ModelSpec`] ended up naming, for the message that says which one ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelChoice {
+    /// The user named a model or a component.
+    Named,
+    /// Nothing named, and the tutorial's Stable Diffusion is in the Hugging Face cache.
+    TutorialCached,
+    /// `--model tutorial`: the tutorial's combination, downloaded if missing.
+    TutorialRequested,
+    /// Nothing named and Stable Diffusion not cached: the shipped small model.
+    Bundled(PathBuf),
+    /// Nothing named, not cached and no shipped model found: the tutorial's, downloaded if allowed.
+    TutorialFallback,
+}
+
+impl ModelChoice {
+    /// One line for the user; `None` when they named the model themselves.
+    pub fn explain(&self) -> Option<String> {
+        match self {
+            ModelChoice::Named | ModelChoice::TutorialRequested => None,
+            ModelChoice::TutorialCached => Some(format!(
+                "using Stable Diffusion from the Hugging Face cache (the tutorial's {DEFAULT_UNET}, \
+                 {DEFAULT_VAE}, {DEFAULT_TEXT_ENCODER})"
+            )),
+            ModelChoice::Bundled(dir) => Some(format!(
+                "using the small bundled model diffedit-shapes ({}): Stable Diffusion is not in the Hugging Face \
+                 cache; it edits 32x32 synthetic shapes only. For real photos name a model with --model \
+                 (a diffusers folder or repo id), or --model {TUTORIAL_MODEL_KEYWORD} to download the tutorial's",
+                dir.display()
+            )),
+            ModelChoice::TutorialFallback => Some(
+                "no model named, Stable Diffusion not cached and no bundled model found: using the tutorial's \
+                 Stable Diffusion"
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+/// Whether every component of the tutorial's combination, weights included, is in the cache
+/// (looked up without touching the network).
+pub fn tutorial_model_cached(fetcher: &Fetcher) -> bool {
+    let offline = fetcher.clone().with_offline(true).with_progress(false);
+    let has = |repo: &str, name: &str| -> bool {
+        let Ok(src) = ModelSource::parse(repo) else { return false };
+        component_subfolder(&offline, &src, name, "config.json")
+            .and_then(|sub| offline.weight_files(&src, &sub))
+            .is_ok()
+    };
+    let tokenizer = ModelSource::parse(DEFAULT_TEXT_ENCODER)
+        .and_then(|src| {
+            let sub = component_subfolder(&offline, &src, "tokenizer", "tokenizer_config.json")
+                .or_else(|_| component_subfolder(&offline, &src, "tokenizer", "vocab.json"))?;
+            fetch_tokenizer_files(&offline, &src, &sub)
+        })
+        .is_ok();
+    tokenizer && has(DEFAULT_UNET, "unet") && has(DEFAULT_VAE, "vae") && has(DEFAULT_TEXT_ENCODER, "text_encoder")
+}
+
+impl ModelSpec {
+    /// True when nothing at all is named.
+    pub fn is_unnamed(&self) -> bool {
+        self.model.is_none()
+            && self.unet.is_none()
+            && self.vae.is_none()
+            && self.text_encoder.is_none()
+            && self.tokenizer.is_none()
+    }
+
+    /// Settles what "no model named" means: Stable Diffusion (the tutorial's) whenever it is in
+    /// the Hugging Face cache, else the shipped small model, so that a machine without network
+    /// or weights still edits. `--model tutorial` asks for the tutorial's combination outright.
+    pub fn resolve(&self, fetcher: &Fetcher) -> (ModelSpec, ModelChoice) {
+        if self.model.as_deref() == Some(TUTORIAL_MODEL_KEYWORD) && !Path::new(TUTORIAL_MODEL_KEYWORD).exists() {
+            return (ModelSpec { model: None, ..self.clone() }, ModelChoice::TutorialRequested);
+        }
+        if !self.is_unnamed() {
+            return (self.clone(), ModelChoice::Named);
+        }
+        if tutorial_model_cached(fetcher) {
+            return (self.clone(), ModelChoice::TutorialCached);
+        }
+        match bundled_model_dir() {
+            Some(dir) => {
+                let spec = ModelSpec { model: Some(dir.display().to_string()), ..ModelSpec::default() };
+                (spec, ModelChoice::Bundled(dir))
+            }
+            None => (self.clone(), ModelChoice::TutorialFallback),
+        }
+    }
 }
 
 /// The tutorial's scheduler: DDIMScheduler(beta_start=0.00085, beta_end=0.012,
