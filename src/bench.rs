@@ -457,6 +457,123 @@ pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> c
     Ok(timing("clip_text", dtype, vec![batch, l], flops, build_s, warm, times))
 }
 
+/// The whole-edit benchmark's result: wall time of `DiffEdit::edit` (prompts, VAE encode, mask,
+/// inversion, decoding, VAE decode) with its stages and UNet rows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EditTiming {
+    pub what: String,
+    pub dtype: String,
+    /// Width, height of the picture.
+    pub size: [usize; 2],
+    pub steps: usize,
+    pub encode_ratio: f64,
+    pub mask_samples: usize,
+    pub mask_batch_size: usize,
+    pub unet_evaluations: usize,
+    pub times_s: Vec<f64>,
+    pub median_s: f64,
+    /// Stage times of the median run.
+    pub stages: crate::diffedit::StageTimings,
+    pub gflop: f64,
+    pub gflops_per_s: f64,
+    pub peak_rss_mb: f64,
+    pub build_s: f64,
+    pub threads: usize,
+}
+
+/// Random full-size SD 1.5 (UNet, VAE, CLIP ViT-L/14 text tower) with the real CLIP tokenizer
+/// read from `tokenizer_dir` and the tutorial's DDIM schedule.
+pub fn random_sd15(
+    tokenizer_dir: &std::path::Path,
+    dtype: DType,
+    device: &Device,
+) -> crate::Result<crate::models::loading::StableDiffusion> {
+    use crate::models::loading::{tutorial_scheduler_config, ComponentOrigins, StableDiffusion};
+    let tokenizer = crate::models::tokenizer::ClipTokenizer::from_dir(tokenizer_dir)?;
+    let text_encoder = ClipTextModel::new(RandomWeights::var_builder(1, dtype, device), &sd15_clip_config()?)?;
+    let vae = AutoencoderKL::new(RandomWeights::var_builder(2, dtype, device), &sd15_vae_config()?)?;
+    let unet = UNet2DConditionModel::new(RandomWeights::var_builder(3, dtype, device), &sd15_unet_config()?)?;
+    let schedule = crate::scheduler::DdimSchedule::new(tutorial_scheduler_config())?;
+    let random = "random SD 1.5 weights".to_string();
+    let origins = ComponentOrigins {
+        unet: random.clone(),
+        vae: random.clone(),
+        text_encoder: random,
+        tokenizer: tokenizer_dir.display().to_string(),
+        scheduler: "tutorial DDIM settings".into(),
+    };
+    Ok(StableDiffusion { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, vae_dtype: dtype, origins })
+}
+
+/// One whole DiffEdit edit of a `width` x `height` synthetic picture on random full-size SD 1.5
+/// with `params` (the tutorial's settings by default), timed `runs` times after a short warm-up edit.
+pub fn bench_edit(
+    tokenizer_dir: &std::path::Path,
+    width: usize,
+    height: usize,
+    params: crate::diffedit::EditParams,
+    dtype: DType,
+    device: &Device,
+    runs: usize,
+) -> crate::Result<EditTiming> {
+    use crate::diffedit::{DiffEdit, Noise, Silent};
+    let t0 = Instant::now();
+    let model = random_sd15(tokenizer_dir, dtype, device)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let pipeline = DiffEdit::new(&model, params.clone())?;
+    let scene = crate::synth::scene(7, 0, width.max(height));
+    let picture = image::RgbImage::from_raw(scene.size as u32, scene.size as u32, scene.render())
+        .ok_or_else(|| crate::Error::invalid("synthetic scene has the wrong number of pixels"))?;
+    let picture = crate::image_io::resize(&picture, width, height);
+    let image = crate::image_io::image_to_tensor(&picture)?.to_device(device)?.to_dtype(dtype)?;
+    let noise = Noise::seeded(params.seed, pipeline.latent_shape(width, height), params.mask_samples)?;
+    let source = scene.caption();
+    let target = source.replacen("a ", "a large ", 1);
+    // Warm-up: a 2-step edit with one mask sample touches every kernel, weight packing and
+    // allocation path the timed edits use, at a fraction of their cost.
+    let warm_params = crate::diffedit::EditParams { steps: 2, mask_samples: 1, ..params.clone() };
+    let warm = DiffEdit::new(&model, warm_params.clone())?;
+    let warm_noise = Noise::seeded(params.seed, warm.latent_shape(width, height), 1)?;
+    warm.edit(&image, &source, &target, &warm_noise, &Silent)?;
+    device.synchronize()?;
+    let mut runs_out = vec![];
+    for _ in 0..runs {
+        let before = pipeline.unet_evaluations();
+        let clock = Instant::now();
+        let out = pipeline.edit(&image, &source, &target, &noise, &Silent)?;
+        device.synchronize()?;
+        runs_out.push((clock.elapsed().as_secs_f64(), out.timings, pipeline.unet_evaluations() - before));
+    }
+    let times: Vec<f64> = runs_out.iter().map(|r| r.0).collect();
+    let med = median(&times);
+    let (_, stages, evaluations) =
+        runs_out.iter().min_by(|a, b| (a.0 - med).abs().total_cmp(&(b.0 - med).abs())).cloned().expect("runs >= 1");
+    let (_, h, w) = pipeline.latent_shape(width, height);
+    let vae = sd15_vae_config()?;
+    let flops = evaluations as f64 * unet_flops(&sd15_unet_config()?, 1, h, w, 77)
+        + vae_encode_flops(&vae, 1, height, width)
+        + vae_decode_flops(&vae, 1, h, w)
+        + 3.0 * clip_flops(&sd15_clip_config()?, 1, 77);
+    Ok(EditTiming {
+        what: "edit".into(),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        size: [width, height],
+        steps: params.steps,
+        encode_ratio: params.encode_ratio,
+        mask_samples: params.mask_samples,
+        mask_batch_size: params.mask_batch_size,
+        unet_evaluations: evaluations,
+        times_s: times.iter().map(|t| round(*t, 3)).collect(),
+        median_s: round(med, 3),
+        stages,
+        gflop: round(flops / 1e9, 1),
+        gflops_per_s: round(flops / 1e9 / med, 2),
+        peak_rss_mb: round(peak_rss_mb(), 1),
+        build_s: round(build_s, 2),
+        threads: rayon::current_num_threads(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,10 @@
 #   RUNS=5 tools/bench_compare.sh
 #   BF16=1 tools/bench_compare.sh          # adds PyTorch bf16 rows (and ours in bf16)
 #   QUICK=1 tools/bench_compare.sh         # UNet 1x4x32x32 and CLIP only
+#   EDIT=1 tools/bench_compare.sh          # adds whole edits at 256x256: 10 steps (ours, reference)
+#                                          # and the tutorial's 50 steps (ours, reference, diffusers'
+#                                          # StableDiffusionDiffEditPipeline at its defaults)
+#   ONLY_EDIT=1 tools/bench_compare.sh     # the edits alone
 #
 # Env: PYTHON (default /work/venv-ref/bin/python), CARGO_TARGET_DIR, OUT (JSON lines, default
 # bench_results.jsonl). Threads: PyTorch set_num_threads(2); ours uses rayon's default (all cores).
@@ -22,6 +26,15 @@ cases=("unet --batch 1 --latent 32" "clip")
 if [ -z "${QUICK:-}" ]; then
   cases+=("unet --batch 1 --latent 64" "unet --batch 2 --latent 64" "vae --latent 64" "vae --latent 64 --encode")
 fi
+if [ -n "${ONLY_EDIT:-}" ]; then cases=(); EDIT=1; fi
+if [ -n "${EDIT:-}" ]; then
+  for steps in 10 50; do
+    echo "== edit 256x256, $steps steps" >&2
+    "$BIN" bench edit --size 256 --steps "$steps" --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
+    "$PY" tools/bench_torch.py edit --size 256 --steps "$steps" --runs 1 2>/dev/null | grep '^{' >> "$OUT"
+  done
+  "$PY" tools/bench_torch.py edit-diffusers --size 256 --steps 50 --runs 1 2>/dev/null | grep '^{' >> "$OUT"
+fi
 for c in "${cases[@]}"; do
   echo "== $c" >&2
   "$BIN" bench $c --dtype f32 --runs "$RUNS" --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
@@ -35,6 +48,13 @@ done
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+edits = [r for r in recs if r["what"].startswith("edit")]
+recs = [r for r in recs if not r["what"].startswith("edit")]
+for r in edits:
+    ref = next((t for t in edits if t["what"] == "edit" and t.get("impl") == "torch" and t["steps"] == r["steps"]), None)
+    ratio = f"{r['median_s'] / ref['median_s']:.2f}x reference" if ref and r is not ref else ""
+    print(f"{r['what']:15} {r.get('impl', ''):6} {'x'.join(map(str, r['size']))} {r['steps']:3} steps: {r['median_s']:8.2f} s, "
+          f"{r['unet_evaluations']} UNet rows, peak {r['peak_rss_mb']:.0f} MiB {ratio}")
 key = lambda r: (r["what"], tuple(r["shape"]))
 ours = {(key(r), r["dtype"]): r for r in recs if r.get("impl") == "ours"}
 torch = {(key(r), r["dtype"]): r for r in recs if r.get("impl") == "torch"}

@@ -6,6 +6,14 @@ the same shapes, timed the same way (one warm-up, median of N), one JSON line pe
   /work/venv-ref/bin/python tools/bench_torch.py vae --latent 64 [--encode] --dtype f32
   /work/venv-ref/bin/python tools/bench_torch.py clip --dtype f32
   /work/venv-ref/bin/python tools/bench_torch.py flops   # FlopCounterMode totals, for checking ours
+  /work/venv-ref/bin/python tools/bench_torch.py edit --size 256 --steps 10 --runs 1
+        # one whole edit with ../shared/reference/seed_reference.py's functions (the PyTorch
+        # reference of the same algorithm, exact alignment, tutorial settings) on random SD 1.5
+  /work/venv-ref/bin/python tools/bench_torch.py edit-diffusers --size 256 --runs 1
+        # diffusers' StableDiffusionDiffEditPipeline at its defaults (generate_mask, invert, __call__;
+        # 50 steps, CFG 7.5 in all three stages) on the same random SD 1.5
+
+Edits are timed after a 2-step warm-up edit with one mask sample (as `diffedit bench edit` does).
 
 Threads: torch.set_num_threads(--threads, default 2). GFLOP/s use the same analytic counts as
 the Rust side (passed with --gflop) when given, else torch's FlopCounterMode count.
@@ -58,9 +66,94 @@ def count_flops(fn):
     return fc.get_total_flops()
 
 
+CLIP_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                 projection_dim=768, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+
+
+def random_sd15(tokenizer_dir):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    torch.manual_seed(0)
+    parts = dict(
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_TEXT)).eval(),
+        vae=AutoencoderKL(**VAE).eval(),
+        unet=UNet2DConditionModel(**UNET).eval(),
+        # The tutorial's scheduler.
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                clip_sample=False, set_alpha_to_one=False),
+    )
+    return parts
+
+
+def bench_edit(a):
+    """The reference's generate_mask / ddim_inversion / diffedit_decode, or diffusers' pipeline."""
+    sys.path.insert(0, a.reference)
+    import seed_reference as ref
+    parts = random_sd15(a.tokenizer)
+    width, height = hw(a.size)[::-1]
+    img = ref.synthetic_image(width, height, "disc")
+    source, target = "a red disc on a gradient", "a large red disc on a gradient"
+    if a.what == "edit":
+        m = ref.Model.__new__(ref.Model)
+        m.dtype = torch.float32
+        for k, v in parts.items():
+            setattr(m, k, v)
+        m.vae_scale_factor, m.scaling_factor = 8, 0.18215
+
+        def edit(steps, n):
+            rec = {}
+            img_t = ref.image_to_tensor(img, width, height, rec)
+            latents = ref.encode_image(m, img_t, torch.Generator().manual_seed(0), rec)
+            mask, _ = ref.generate_mask(m, latents, target, source, n, 0.5, 0.5, steps, rec)
+            start = int(a.encode_ratio * steps)
+            lat = ref.ddim_inversion(m, latents, source, steps, 1.0, start - 1, rec)
+            x = ref.diffedit_decode(m, lat, mask, target, steps, start, 7.5, "exact", rec)
+            ref.decode_latents(m, x, rec)
+        rows = lambda steps, n: 2 * n + 2 * int(a.encode_ratio * steps) + int(a.encode_ratio * steps) - 1
+    else:
+        from diffusers import DDIMInverseScheduler, StableDiffusionDiffEditPipeline
+        pipe = StableDiffusionDiffEditPipeline(
+            **parts, inverse_scheduler=DDIMInverseScheduler.from_config(parts["scheduler"].config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+
+        def edit(steps, n):
+            # diffusers' defaults except the step count (50) and maps (10) when told otherwise.
+            g = torch.Generator().manual_seed(0)
+            mask = pipe.generate_mask(image=img, source_prompt=source, target_prompt=target,
+                                      num_maps_per_mask=n, num_inference_steps=steps, generator=g)
+            inv = pipe.invert(prompt=source, image=img, num_inference_steps=steps, generator=g).latents
+            pipe(prompt=target, mask_image=mask, image_latents=inv, num_inference_steps=steps,
+                 negative_prompt=source, generator=g)
+        rows = lambda steps, n: 4 * n + 4 * int(0.8 * steps)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        edit(2, 1)
+        warm = time.perf_counter() - t0
+        ts = []
+        for _ in range(a.runs):
+            t0 = time.perf_counter()
+            edit(a.steps, a.mask_samples)
+            ts.append(time.perf_counter() - t0)
+    med = statistics.median(ts)
+    rec = {"what": a.what, "impl": "torch", "dtype": a.dtype, "size": [width, height], "steps": a.steps,
+           "mask_samples": a.mask_samples, "unet_evaluations": rows(a.steps, a.mask_samples),
+           "warmup_s": round(warm, 3), "times_s": [round(t, 3) for t in ts], "median_s": round(med, 3),
+           "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(json.dumps(rec), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["unet", "vae", "clip", "flops"])
+    ap.add_argument("what", choices=["unet", "vae", "clip", "flops", "edit", "edit-diffusers"])
+    ap.add_argument("--size", default="256", help="edit: picture size S or HxW")
+    ap.add_argument("--steps", type=int, default=10, help="edit: DDIM steps")
+    ap.add_argument("--encode-ratio", type=float, default=0.8)
+    ap.add_argument("--mask-samples", type=int, default=10)
+    ap.add_argument("--reference", default="../shared/reference", help="folder of seed_reference.py")
+    ap.add_argument("--tokenizer", default="models/diffedit-shapes/tokenizer", help="real CLIP tokenizer files")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--latent", default="64")
     ap.add_argument("--encode", action="store_true")
@@ -72,6 +165,8 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    if a.what.startswith("edit"):
+        return bench_edit(a)
     h, w = hw(a.latent)
     t0 = time.perf_counter()
     if a.what in ("unet", "flops"):

@@ -5,7 +5,9 @@
 use clap::{Args, Subcommand};
 
 use crate::bench::{self, Timing};
+use crate::diffedit::EditParams;
 use crate::error::{Error, Result};
+use crate::models::loading::bundled_model_dir;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -21,6 +23,32 @@ pub enum BenchWhat {
     Vae(VaeArgs),
     /// CLIP ViT-L/14 text encoder on 77 tokens.
     Clip(CommonArgs),
+    /// One whole edit (prompts, VAE encode, mask, inversion, masked decoding, VAE decode) of a
+    /// synthetic picture, at the tutorial's settings unless told otherwise.
+    Edit(EditBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EditBenchArgs {
+    /// Picture size: S or WxH (multiples of 64).
+    #[arg(long, default_value = "256")]
+    pub size: String,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Encode ratio r (start step S = int(r*steps)).
+    #[arg(long, default_value_t = 0.8)]
+    pub encode_ratio: f64,
+    /// Mask samples N (2N UNet rows).
+    #[arg(long, default_value_t = 10)]
+    pub mask_samples: usize,
+    /// UNet batch of the mask rows.
+    #[arg(long, default_value_t = 4)]
+    pub mask_batch_size: usize,
+    /// Folder with the CLIP tokenizer files (default: the bundled model's, the real CLIP vocabulary).
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Args, Debug)]
@@ -136,5 +164,59 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let t = bench::bench_clip(a.batch, dtype, &dev, a.runs)?;
             a.report(&t)
         }
+        BenchWhat::Edit(a) => bench_edit(a),
     }
 }
+
+fn bench_edit(a: &EditBenchArgs) -> Result<()> {
+    let (width, height) = match a.size.trim().parse::<usize>() {
+        Ok(side) => (side, side),
+        Err(_) => crate::image_io::parse_size(&a.size)?,
+    };
+    if width % 64 != 0 || height % 64 != 0 {
+        return Err(Error::invalid(format!("--size must be multiples of 64 for SD 1.5, got {width}x{height}")));
+    }
+    let params = EditParams {
+        steps: a.steps,
+        encode_ratio: a.encode_ratio,
+        mask_samples: a.mask_samples,
+        mask_batch_size: a.mask_batch_size,
+        ..EditParams::default()
+    };
+    params.validate()?;
+    let tokenizer = match &a.tokenizer {
+        Some(dir) => dir.clone(),
+        None => bundled_model_dir()
+            .map(|m| m.join("tokenizer"))
+            .ok_or_else(|| Error::invalid("no bundled model found for its tokenizer; pass --tokenizer DIR"))?,
+    };
+    let (dev, dtype) = a.common.device()?;
+    let t = bench::bench_edit(&tokenizer, width, height, params, dtype, &dev, a.common.runs)?;
+    if a.common.json {
+        println!("{}", serde_json::to_string(&t).map_err(|e| Error::invalid(e.to_string()))?);
+    } else {
+        println!(
+            "edit {} {}x{}, {} steps, r {}, N {}: median {:.2} s over {} runs ({} UNet rows; encode {:.2} s, mask {:.2} s, \
+             inversion {:.2} s, decoding {:.2} s, VAE decode {:.2} s), {:.1} GFLOP/s, peak RSS {:.0} MiB, {} threads",
+            t.dtype,
+            width,
+            height,
+            t.steps,
+            t.encode_ratio,
+            t.mask_samples,
+            t.median_s,
+            t.times_s.len(),
+            t.unet_evaluations,
+            t.stages.encode_s,
+            t.stages.mask_s,
+            t.stages.inversion_s,
+            t.stages.decoding_s,
+            t.stages.vae_decode_s,
+            t.gflops_per_s,
+            t.peak_rss_mb,
+            t.threads
+        );
+    }
+    Ok(())
+}
+
