@@ -33,8 +33,38 @@ fn probe(name: &str, flops: f64, f: &dyn Fn() -> candle_core::Result<Tensor>) ->
     Ok(())
 }
 
+/// (in, out, side, kernel) of the SD VAE decoder's convolutions at 512x512 output.
+const VAE_CONVS: &[(usize, usize, usize, usize)] = &[
+    (4, 512, 64, 3),
+    (512, 512, 64, 3),
+    (512, 512, 128, 3),
+    (512, 512, 256, 3),
+    (512, 256, 256, 3),
+    (256, 256, 256, 3),
+    (512, 256, 256, 1),
+    (256, 256, 512, 3),
+    (256, 128, 512, 3),
+    (128, 128, 512, 3),
+    (256, 128, 512, 1),
+    (128, 3, 512, 3),
+];
+
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
+    // PROBE=vae: the SD VAE decoder's convolutions, ours only (tools/conv_probe_torch.py times
+    // the same shapes in PyTorch).
+    if std::env::var("PROBE").as_deref() == Ok("vae") {
+        for &(ci, co, hw, k) in VAE_CONVS {
+            let x = Tensor::randn(0f32, 1.0, (1, ci, hw, hw), &dev)?;
+            let w = Tensor::randn(0f32, 0.05, (co, ci, k, k), &dev)?;
+            let b = Tensor::randn(0f32, 0.05, co, &dev)?;
+            let cfg = candle_nn::Conv2dConfig { padding: k / 2, ..Default::default() };
+            let flops = 2.0 * (ci * co * k * k * hw * hw) as f64;
+            let ours = kernels::Conv2d::new(w, Some(b), cfg)?;
+            probe(&format!("conv {ci}->{co} {k}x{k} @{hw}x{hw} ours"), flops, &|| ours.forward(&x))?;
+        }
+        return Ok(());
+    }
     for &(ci, co, hw, k) in &[
         (320, 320, 64, 3),
         (640, 640, 32, 3),
