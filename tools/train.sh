@@ -15,11 +15,12 @@ PYTHON=${PYTHON:-python3}
 WORK=${WORK:-target/train-work}
 OUT=${OUT:-models/diffedit-shapes}
 cargo build --release --quiet
+BIN=${CARGO_TARGET_DIR:-target}/release/diffedit
 mkdir -p "$WORK"
 if [ ! -f "$WORK/scenes/scenes.jsonl" ] || [ "$(wc -l < "$WORK/scenes/scenes.jsonl")" != 30000 ]; then
     rm -rf "$WORK/scenes"
-    target/release/diffedit scenes --out "$WORK/scenes" --count 30000 --seed 1 --size 32
+    "$BIN" scenes --out "$WORK/scenes" --count 30000 --seed 1 --size 32
 fi
 nice -n 10 "$PYTHON" tools/train_tiny_sd.py --data "$WORK/scenes" --out "$OUT" --samples "$WORK/samples" "$@" \
     2>&1 | tee "$WORK/train.log"
-target/release/diffedit eval --model "$OUT" --limit 30 --quiet
+"$BIN" eval --model "$OUT" --limit 30 --quiet

@@ -294,10 +294,9 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
 
 
 def halve_large(module, min_numel):
-    """Stores tensors of at least `min_numel` values as f16 (the token embedding, mostly): the Rust
-    loader converts them back to the compute dtype. Small tensors stay f32."""
-    from safetensors.torch import save_file
-
+    """Stores tensors of at least `min_numel` values as f16 (the token embedding, the UNet's
+    weight matrices): the Rust loader converts them back to the compute dtype. Small tensors
+    (norms, biases) stay f32."""
     return {k: (v.half() if v.numel() >= min_numel else v).contiguous() for k, v in module.state_dict().items()}
 
 
@@ -310,6 +309,10 @@ def save_model(out, vae, unet, text_encoder, tokenizer_dir, scale, note="final")
     vae.register_to_config(scaling_factor=float(scale))
     vae.save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
     unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    # The UNet's weight matrices in f16 (the loader converts them back to the compute dtype):
+    # half the bytes, so the whole model stays under the repository's 25 MB budget.
+    save_file(halve_large(unet, 1024), os.path.join(out, "unet", "diffusion_pytorch_model.safetensors"),
+              metadata={"format": "pt"})
     te_dir = os.path.join(out, "text_encoder")
     text_encoder.save_pretrained(te_dir, safe_serialization=True)
     # Re-save the text encoder with its 49408 x D token embedding in f16 (3 MB saved).
