@@ -63,6 +63,12 @@ fn main() -> candle_core::Result<()> {
             let ours = kernels::Conv2d::new(w, Some(b), cfg)?;
             probe(&format!("conv {ci}->{co} {k}x{k} @{hw}x{hw} ours"), flops, &|| ours.forward(&x))?;
         }
+        for &(c, hw) in &[(512usize, 128usize), (256, 256)] {
+            let x = Tensor::randn(0f32, 1.0, (1, c, hw, hw), &dev)?;
+            let t0 = std::time::Instant::now();
+            x.upsample_nearest2d(2 * hw, 2 * hw)?;
+            println!("upsample_nearest2d {c}x{hw}x{hw} -> x2: {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+        }
         return Ok(());
     }
     for &(ci, co, hw, k) in &[

@@ -502,7 +502,17 @@ pub fn random_sd15(
         tokenizer: tokenizer_dir.display().to_string(),
         scheduler: "tutorial DDIM settings".into(),
     };
-    Ok(StableDiffusion { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, vae_dtype: dtype, origins })
+    Ok(StableDiffusion {
+        tokenizer,
+        text_encoder,
+        vae,
+        unet,
+        schedule,
+        device: device.clone(),
+        dtype,
+        vae_dtype: dtype,
+        origins,
+    })
 }
 
 /// One whole DiffEdit edit of a `width` x `height` synthetic picture on random full-size SD 1.5

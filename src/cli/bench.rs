@@ -219,4 +219,3 @@ fn bench_edit(a: &EditBenchArgs) -> Result<()> {
     }
     Ok(())
 }
-
