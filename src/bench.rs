@@ -512,6 +512,8 @@ pub fn random_sd15(
         dtype,
         vae_dtype: dtype,
         origins,
+        edit_defaults: Default::default(),
+        edit_defaults_file: None,
     })
 }
 

@@ -173,8 +173,9 @@ pub fn evaluate_edit(pipeline: &DiffEdit, edit: &Edit, progress: &dyn Progress) 
     })
 }
 
-/// The held-out edits at the model's native picture size, checked against the model's factors.
-pub fn heldout_for(model: &StableDiffusion, n: usize) -> Result<Vec<Edit>> {
+/// The first `n` held-out (or, with `validation`, validation) edits at the model's native picture
+/// size, checked against the model's factors.
+pub fn edits_for(model: &StableDiffusion, n: usize, validation: bool) -> Result<Vec<Edit>> {
     let size = model.native_size();
     let multiple = model.vae_factor() * model.unet_factor();
     if size < 16 || size % multiple != 0 {
@@ -182,7 +183,7 @@ pub fn heldout_for(model: &StableDiffusion, n: usize) -> Result<Vec<Edit>> {
             "the model's native size {size} px is not usable for the synthetic scenes (at least 16, a multiple of {multiple})"
         )));
     }
-    Ok(synth::heldout_edits(n, size))
+    Ok(if validation { synth::validation_edits(n, size) } else { synth::heldout_edits(n, size) })
 }
 
 /// A figure of the first `rows` edits, one row each: source, ground-truth target, DiffEdit's mask

@@ -16,6 +16,8 @@ use rand::{Rng, SeedableRng};
 /// The seed of the held-out evaluation set. Training sets are drawn with other seeds, and every
 /// scene's stream mixes seed and index, so the two never share a scene stream.
 pub const HELDOUT_SEED: u64 = 0x00E7_A1_5EED;
+/// Seed of the validation edits (`diffedit eval --split validation`).
+pub const VALIDATION_SEED: u64 = 0x0000_7A11_DA7E;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -403,6 +405,13 @@ pub fn edit(seed: u64, index: u64, size: usize) -> Edit {
 /// The first `n` edits of the fixed held-out evaluation set.
 pub fn heldout_edits(n: usize, size: usize) -> Vec<Edit> {
     (0..n as u64).map(|i| edit(HELDOUT_SEED, i, size)).collect()
+}
+
+/// The first `n` edits of the validation set: drawn like the held-out set from a third seed
+/// (neither the training scenes' nor the held-out set's), for choosing edit parameters without
+/// looking at the held-out edits.
+pub fn validation_edits(n: usize, size: usize) -> Vec<Edit> {
+    (0..n as u64).map(|i| edit(VALIDATION_SEED, i, size)).collect()
 }
 
 /// What the classifier read in an edit region.

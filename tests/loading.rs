@@ -316,3 +316,59 @@ fn broken_model_folders_give_messages_naming_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_model_folders_diffedit_json_sets_edit_defaults_that_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_dir(&tiny_model("tiny-sd"), &model);
+    std::fs::write(model.join("diffedit.json"), r#"{"mask_noise_level": 0.3, "mask_threshold": 0.25}"#).unwrap();
+    let run = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_diffedit"))
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["edit", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(common::fixtures().join("pipeline/sd1_exact_default_in.png"))
+            .args(["--source", "a", "--target", "b", "--steps", "4", "--mask-samples", "1", "--json", "--out"])
+            .arg(dir.path().join("out.png"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).replace(&model.display().to_string(), "MODEL");
+        assert!(o.status.success(), "{stderr}");
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (summary["params"].clone(), stderr)
+    };
+    let (params, stderr) = run(&[]);
+    assert_eq!(params["mask_noise_level"], 0.3);
+    assert_eq!(params["mask_threshold"], 0.25);
+    assert_eq!(params["encode_ratio"], 0.8);
+    assert!(
+        stderr.contains(
+            "edit settings from MODEL/diffedit.json: mask_noise_level 0.3, mask_threshold 0.25 \
+             (flags given on the command line win)"
+        ),
+        "{stderr}"
+    );
+    let (params, _) = run(&["--mask-threshold", "0.6", "--encode-ratio", "0.5"]);
+    assert_eq!(params["mask_noise_level"], 0.3);
+    assert_eq!(params["mask_threshold"], 0.6);
+    assert_eq!(params["encode_ratio"], 0.5);
+
+    std::fs::write(model.join("diffedit.json"), r#"{"mask_noise_level": 0}"#).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_diffedit"))
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["edit", "--model"])
+        .arg(&model)
+        .arg("--image")
+        .arg(common::fixtures().join("pipeline/sd1_exact_default_in.png"))
+        .args(["--source", "a", "--target", "b", "-q", "--out"])
+        .arg(dir.path().join("out2.png"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).replace(&model.display().to_string(), "MODEL");
+    assert!(err.contains("MODEL/diffedit.json: mask_noise_level must be in (0, 1], got 0"), "{err}");
+    assert!(!dir.path().join("out2.png").exists());
+}

@@ -8,7 +8,8 @@
 #   CUDA_ROOT_DIR=/work/cuda-root   CUDA_ROOT-like folder assembled from the wheels (rebuilt every run)
 #   CARGO_TARGET_DIR=/work/target-cuda
 #   CUDA_COMPUTE_CAP=90             GPU generation the kernels are compiled for (90 = H100/H200; no nvidia-smi here)
-#   CUDA_VER=13.4.92                nvcc/runtime wheel version (13.0.x..13.4.x: cudarc 0.19.10 knows no later one)
+#   CUDA_VER=13.0.88                nvcc/runtime wheel version (13.0.x..13.4.x: cudarc 0.19.10 knows no later one;
+#                                   PTX from a newer nvcc than the GPU driver's CUDA version is refused at run time)
 #   SKIP_PIP=1                      reuse the venv as it is
 #
 # Why each piece is needed (candle 0.11.1, cudarc 0.19.10, cudaforge 0.1.6):
@@ -29,14 +30,19 @@ VENV=${VENV:-/work/venv-cuda}
 ROOT=${CUDA_ROOT_DIR:-/work/cuda-root}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-CUDA_VER=${CUDA_VER:-13.4.92}
+CUDA_VER=${CUDA_VER:-13.0.88}
+# The rest of CUDA 13.0 Update 2, as checked on an H200 with driver 580 (CUDA 13.0) on 2026-11-27 (docs/cuda.md).
+CUDART_VER=${CUDART_VER:-13.0.96}
+CCCL_VER=${CCCL_VER:-13.0.85}
+CUBLAS_VER=${CUBLAS_VER:-13.0.0.19}
+CURAND_VER=${CURAND_VER:-10.4.0.35}
 
 if [[ -z "${SKIP_PIP:-}" ]]; then
     [[ -x "$VENV/bin/pip" ]] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q \
         "nvidia-cuda-nvcc==$CUDA_VER" "nvidia-cuda-crt==$CUDA_VER" "nvidia-nvvm==$CUDA_VER" \
-        "nvidia-cuda-runtime==$CUDA_VER" "nvidia-cuda-nvrtc==$CUDA_VER" \
-        "nvidia-cuda-cccl==13.3.5.0.6" "nvidia-cublas==13.5.1.27" "nvidia-curand==10.4.5.25"
+        "nvidia-cuda-runtime==$CUDART_VER" "nvidia-cuda-nvrtc==$CUDA_VER" \
+        "nvidia-cuda-cccl==$CCCL_VER" "nvidia-cublas==$CUBLAS_VER" "nvidia-curand==$CURAND_VER"
 fi
 CU=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
 [[ -x "$CU/bin/nvcc" ]] || { echo "no nvcc under $CU" >&2; exit 1; }
@@ -79,8 +85,9 @@ readelf -d "$BIN" | grep -E 'NEEDED.*(cuda|cublas|curand|nvrtc)'
 mkdir -p "$ROOT/stub-driver"
 ln -sf ../lib64/stubs/libcuda.so "$ROOT/stub-driver/libcuda.so.1"
 export LD_LIBRARY_PATH=$ROOT/lib64:$ROOT/stub-driver
-EXAMPLE=(--model tests/fixtures/models/tiny-sd --image docs/example/input.png --source "a bowl of fruit on a table"
-    --target "a basket of fruit on a table" --steps 20 --seed 1 -q)
+# The README's first command (tools/make_docs_example.sh), on the bundled model.
+EXAMPLE=(--model models/diffedit-shapes --image docs/example/shapes.png --source "a green circle on a gray background"
+    --target "a red square on a gray background" -q)
 OUT=$(mktemp -d)
 nice -n 15 "$BIN" edit --device cpu "${EXAMPLE[@]}" --out "$OUT/edited.png"
 cmp "$OUT/edited.png" docs/example/edited.png && echo "cpu run of the cuda build: same picture as docs/example/edited.png"

@@ -120,21 +120,24 @@ def cosine_lr(step, total, base, warmup):
 def train_vae(x, args):
     from diffusers import AutoencoderKL
 
+    dev = args.device
     torch.manual_seed(args.seed)
-    vae = AutoencoderKL(**vae_config(x.shape[-1], args.vae_channels))
+    vae = AutoencoderKL(**vae_config(x.shape[-1], args.vae_channels)).to(dev)
     log(f"vae: {sum(p.numel() for p in vae.parameters())/1e6:.2f}M parameters")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)
-    held = x[-256:]
+    held = x[-256:].to(dev)
     train = x[:-256]
     t0 = time.time()
     for step in range(args.vae_steps):
         for pg in opt.param_groups:
             pg["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 100)
         idx = torch.randint(0, train.shape[0], (args.vae_batch,), generator=g)
-        b = train[idx]
+        # Every random draw comes from CPU generators, so a GPU run sees the same batches and noise
+        # as a CPU run of the same command; only the arithmetic's rounding differs.
+        b = train[idx].to(dev)
         post = vae.encode(b).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(dev)
         rec = vae.decode(z).sample
         kl = post.kl().mean()
         # SD's VAE loss sums the reconstruction error over pixels and weighs the KL term 1e-6
@@ -154,13 +157,52 @@ def train_vae(x, args):
     return vae
 
 
+def finetune_decoder(vae, x, args):
+    """Stage 1b: more training for the decoder alone, the encoder frozen. The latent space the UNet
+    learns stays exactly the encoder's, while the decoder, which alone sets how faithfully an
+    unedited background comes back, gets a longer, lower learning-rate schedule."""
+    dev = args.device
+    frozen = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
+    for p in frozen:
+        p.requires_grad_(False)
+    params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 4)
+    held = x[-256:].to(dev)
+    train = x[:-256]
+    t0 = time.time()
+    vae.train()
+    for step in range(args.decoder_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = cosine_lr(step, args.decoder_steps, args.decoder_lr, 50)
+        idx = torch.randint(0, train.shape[0], (args.decoder_batch,), generator=g)
+        b = train[idx].to(dev)
+        with torch.no_grad():
+            post = vae.encode(b).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(dev)
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, b) + 0.5 * F.l1_loss(rec, b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % args.log_every == 0 or step == args.decoder_steps - 1:
+            with torch.no_grad():
+                rec = vae.decode(vae.encode(held).latent_dist.mean).sample
+                p = psnr(rec.clamp(-1, 1), held)
+            log(f"decoder step {step} loss {loss.item():.5f} held-out psnr {p:.2f} dB ({time.time()-t0:.0f}s)")
+    for p in frozen:
+        p.requires_grad_(True)
+    vae.eval()
+    return vae
+
+
 @torch.no_grad()
-def encode_all(vae, x):
+def encode_all(vae, x, dev):
     means, stds = [], []
     for i in range(0, x.shape[0], 256):
-        post = vae.encode(x[i:i + 256]).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(x[i:i + 256].to(dev)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -177,8 +219,8 @@ class Ema:
     @torch.no_grad()
     def update(self, step):
         d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow, self.params):
-            s.mul_(d).add_(p.detach(), alpha=1 - d)
+        torch._foreach_mul_(self.shadow, d)
+        torch._foreach_add_(self.shadow, [p.detach() for p in self.params], alpha=1 - d)
 
     @torch.no_grad()
     def copy_to_params(self):
@@ -192,25 +234,25 @@ def alphas_cumprod():
 
 
 @torch.no_grad()
-def sample(unet, text_encoder, tokenizer, vae, scale, captions, latent_size, steps=25, guidance=5.0, seed=0):
+def sample(unet, text_encoder, tokenizer, vae, scale, captions, latent_size, dev, steps=25, guidance=5.0, seed=0):
     """Plain DDIM sampling (eta 0, leading spacing), for the progress pictures."""
     ac = alphas_cumprod()
     g = torch.Generator().manual_seed(seed)
     n = len(captions)
-    cond = text_encoder(tokenize(tokenizer, captions))[0]
-    unc = text_encoder(tokenize(tokenizer, [""] * n))[0]
-    z = torch.randn((n, 4, latent_size, latent_size), generator=g)
+    cond = text_encoder(tokenize(tokenizer, captions).to(dev))[0]
+    unc = text_encoder(tokenize(tokenizer, [""] * n).to(dev))[0]
+    z = torch.randn((n, 4, latent_size, latent_size), generator=g).to(dev)
     ts = list(range(0, 1000, 1000 // steps))[::-1]
     ts = [t + 1 for t in ts]
     for i, t in enumerate(ts):
         e = unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([unc, cond])).sample
         eu, ec = e.chunk(2)
         e = eu + guidance * (ec - eu)
-        a = ac[t]
-        a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else ac[0]
-        x0 = (z - (1 - a).sqrt() * e) / a.sqrt()
-        z = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e
-    return vae.decode(z / scale).sample.clamp(-1, 1)
+        a = ac[t].item()
+        a_prev = ac[ts[i + 1]].item() if i + 1 < len(ts) else ac[0].item()
+        x0 = (z - math.sqrt(1 - a) * e) / math.sqrt(a)
+        z = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * e
+    return vae.decode(z / scale).sample.clamp(-1, 1).cpu()
 
 
 def save_grid(imgs, path, cols=8):
@@ -223,71 +265,158 @@ def save_grid(imgs, path, cols=8):
     Image.fromarray(grid).resize((cols * w * 3, rows * h * 3), Image.NEAREST).save(path)
 
 
+def unet_batch(lat_mean, lat_std, ids, empty, ac, scale, batch, min_snr, g):
+    """One training batch, drawn on the CPU from generator `g` (the same draws on every device):
+    noised latents, prompt tokens (10% dropped to the empty prompt, for classifier-free guidance),
+    timesteps, the noise to predict and each sample's loss weight."""
+    n = lat_mean.shape[0]
+    idx = torch.randint(0, n, (batch,), generator=g)
+    z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)) * scale
+    tok = ids[idx].clone()
+    drop = torch.rand(batch, generator=g) < 0.1
+    tok[drop] = empty
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    eps = torch.randn(z0.shape, generator=g)
+    a = ac[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+    # Min-SNR-gamma weighting (Hang et al. 2023): the low-noise steps, which only polish
+    # detail, stop dominating the gradient, and the model learns the prompt's layout sooner.
+    snr = a.view(-1) / (1 - a.view(-1))
+    weight = snr.clamp(max=min_snr) / snr if min_snr > 0 else torch.ones_like(snr)
+    return dict(zt=zt, tok=tok, t=t, eps=eps, weight=weight)
+
+
+def weighted_loss(unet, text_encoder, b):
+    emb = text_encoder(b["tok"])[0]
+    pred = unet(b["zt"], b["t"], encoder_hidden_states=emb).sample
+    return ((pred - b["eps"]) ** 2).mean(dim=(1, 2, 3)).mul(b["weight"]).mean()
+
+
+def gather_embedding(module):
+    """Replaces an nn.Embedding's lookup by index_select: the same values, but its backward is an
+    index_add, which a CUDA graph can capture (embedding's own backward sorts the indices and may
+    read their count back to the host)."""
+    module.forward = lambda ids: torch.index_select(module.weight, 0, ids.reshape(-1)).view(*ids.shape, -1)
+
+
+class GraphedStep:
+    """The whole training step (text encoder and UNet forward, backward, gradient clipping, AdamW)
+    captured once as a CUDA graph and replayed: this model's kernels are so small that launching
+    them one by one from Python, not the GPU, would set the pace. Inputs are copied into static
+    tensors before each replay; the learning rate is a device tensor the step reads."""
+
+    def __init__(self, unet, text_encoder, params, opt, first):
+        self.unet, self.text_encoder, self.params, self.opt = unet, text_encoder, params, opt
+        self.static = {k: v.clone() for k, v in first.items()}
+        self.graph = None
+        self.loss = None
+
+    def _step(self):
+        loss = weighted_loss(self.unet, self.text_encoder, self.static)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        return loss
+
+    def run(self, batch, warmup):
+        for k, v in batch.items():
+            self.static[k].copy_(v)
+        if warmup:
+            # Eager steps on a side stream first (as PyTorch's whole-network capture recipe asks):
+            # they are real training steps on real batches, and create AdamW's state.
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                self.opt.zero_grad(set_to_none=True)
+                self.loss = self._step()
+            torch.cuda.current_stream().wait_stream(s)
+            return self.loss
+        if self.graph is None:
+            self.opt.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self._step()
+        self.graph.replay()
+        return self.loss
+
+
 def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    dev = args.device
     torch.manual_seed(args.seed + 2)
     text_encoder = CLIPTextModel(text_config(args.text_width))
     unet = UNet2DConditionModel(**unet_config(lat_mean.shape[-1], args.text_width, args.unet_channels))
     log(f"unet: {sum(p.numel() for p in unet.parameters())/1e6:.2f}M parameters, text encoder: "
         f"{sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
+    text_encoder.to(dev), unet.to(dev)
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [""])[0]
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    graphed = args.cuda_graph and dev.type == "cuda"
+    if graphed:
+        # By name: transformers releases nest CLIPTextModel's modules differently.
+        for name, module in text_encoder.named_modules():
+            if name.endswith("token_embedding") or name.endswith("position_embedding"):
+                gather_embedding(module)
+        lr = torch.tensor(args.unet_lr, device=dev)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, capturable=True, foreach=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     ema = Ema([unet, text_encoder], args.ema)
     ac = alphas_cumprod()
     g = torch.Generator().manual_seed(args.seed + 3)
-    n = lat_mean.shape[0]
     t0 = time.time()
     avg = None
     probe = captions[:16]
+    stepper = None
     for step in range(args.unet_steps):
-        for pg in opt.param_groups:
-            pg["lr"] = cosine_lr(step, args.unet_steps, args.unet_lr, 200)
-        idx = torch.randint(0, n, (args.unet_batch,), generator=g)
-        z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)) * scale
-        tok = ids[idx].clone()
-        drop = torch.rand(args.unet_batch, generator=g) < 0.1
-        tok[drop] = empty
-        t = torch.randint(0, 1000, (args.unet_batch,), generator=g)
-        eps = torch.randn(z0.shape, generator=g)
-        a = ac[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        emb = text_encoder(tok)[0]
-        pred = unet(zt, t, encoder_hidden_states=emb).sample
-        # Min-SNR-gamma weighting (Hang et al. 2023): the low-noise steps, which only polish
-        # detail, stop dominating the gradient, and the model learns the prompt's layout sooner.
-        snr = a.view(-1) / (1 - a.view(-1))
-        weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
-        loss = ((pred - eps) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        lr_now = cosine_lr(step, args.unet_steps, args.unet_lr, 200)
+        b = unet_batch(lat_mean, lat_std, ids, empty, ac, scale, args.unet_batch, args.min_snr, g)
+        b = {k: v.to(dev) for k, v in b.items()}
+        if graphed:
+            opt.param_groups[0]["lr"].fill_(lr_now)
+            if stepper is None:
+                stepper = GraphedStep(unet, text_encoder, params, opt, b)
+            loss = stepper.run(b, warmup=step < 3).detach()
+        else:
+            for pg in opt.param_groups:
+                pg["lr"] = lr_now
+            loss = weighted_loss(unet, text_encoder, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            loss = loss.detach()
         ema.update(step)
-        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        # A running mean kept on the device: reading the loss back every step would stall the GPU.
+        avg = loss.clone() if avg is None else avg.mul_(0.98).add_(loss, alpha=0.02)
         if step % args.log_every == 0 or step == args.unet_steps - 1:
-            log(f"unet step {step} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time()-t0:.0f}s)")
+            log(f"unet step {step} loss {avg.item():.4f} lr {lr_now:.2e} ({time.time()-t0:.0f}s)")
         snap = args.samples and (step % args.sample_every == 0 and step > 0 or step == args.unet_steps - 1)
         save = args.save_every and step % args.save_every == 0 and step > 0
         if snap or save:
-            # Both use the EMA weights, then training resumes from the raw ones.
+            # Both use the EMA weights, then training resumes from the raw ones (copied in place:
+            # a captured graph holds the parameters' addresses).
             backup = [p.detach().clone() for p in ema.params]
             ema.copy_to_params()
             unet.eval(), text_encoder.eval()
             if snap:
-                imgs = sample(unet, text_encoder, tokenizer, vae, scale, probe, lat_mean.shape[-1])
+                imgs = sample(unet, text_encoder, tokenizer, vae, scale, probe, lat_mean.shape[-1], dev)
                 save_grid(imgs, os.path.join(args.samples, f"samples_{step:06d}.png"))
                 with open(os.path.join(args.samples, "captions.txt"), "w") as f:
                     f.write("\n".join(probe) + "\n")
             if save:
                 save_model(args.out, vae, unet, text_encoder, args.tokenizer, scale, note=f"checkpoint at step {step}")
             with torch.no_grad():
-                for b, p in zip(backup, ema.params):
-                    p.copy_(b)
+                for b_, p in zip(backup, ema.params):
+                    p.copy_(b_)
             unet.train(), text_encoder.train()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    log(f"unet: {args.unet_steps} steps in {time.time()-t0:.0f}s "
+        f"({1000*(time.time()-t0)/max(1, args.unet_steps):.1f} ms/step)")
     ema.copy_to_params()
     unet.eval(), text_encoder.eval()
     return unet, text_encoder
@@ -297,12 +426,17 @@ def halve_large(module, min_numel):
     """Stores tensors of at least `min_numel` values as f16 (the token embedding, the UNet's
     weight matrices): the Rust loader converts them back to the compute dtype. Small tensors
     (norms, biases) stay f32."""
-    return {k: (v.half() if v.numel() >= min_numel else v).contiguous() for k, v in module.state_dict().items()}
+    return {k: (v.half() if v.numel() >= min_numel else v).cpu().contiguous() for k, v in module.state_dict().items()}
 
 
 def save_model(out, vae, unet, text_encoder, tokenizer_dir, scale, note="final"):
+    import copy
+
     from safetensors.torch import save_file
 
+    # CPU copies are saved: the live modules stay where they are (a captured CUDA graph holds the
+    # addresses of their parameters).
+    vae, unet, text_encoder = (copy.deepcopy(m).cpu() for m in (vae, unet, text_encoder))
     os.makedirs(out, exist_ok=True)
     for sub in ["unet", "text_encoder", "tokenizer", "scheduler"]:
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
@@ -360,30 +494,48 @@ def main():
     ap.add_argument("--tokenizer", default="tests/fixtures/models/tiny-sd/tokenizer",
                     help="the real CLIP tokenizer files (vocab.json, merges.txt)")
     ap.add_argument("--samples", default=None, help="folder for progress pictures")
-    ap.add_argument("--sample-every", type=int, default=1000)
-    ap.add_argument("--save-every", type=int, default=500, help="write OUT every N UNet steps (0: only at the end)")
+    ap.add_argument("--sample-every", type=int, default=2500)
+    ap.add_argument("--save-every", type=int, default=1000, help="write OUT every N UNet steps (0: only at the end)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--log-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
-    ap.add_argument("--vae-steps", type=int, default=3000)
-    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-batch", type=int, default=64)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-6)
     ap.add_argument("--vae-channels", type=lambda v: [int(c) for c in v.split(",")], default=[32, 64])
     ap.add_argument("--vae-from", default=None, help="reuse a trained VAE folder instead of stage 1")
-    ap.add_argument("--unet-steps", type=int, default=12000)
-    ap.add_argument("--unet-channels", type=lambda v: [int(c) for c in v.split(",")], default=[32, 64])
+    ap.add_argument("--decoder-steps", type=int, default=1500, help="stage 1b: decoder-only steps (0: none)")
+    ap.add_argument("--decoder-batch", type=int, default=32)
+    ap.add_argument("--decoder-lr", type=float, default=3e-4)
+    ap.add_argument("--unet-steps", type=int, default=5000)
+    ap.add_argument("--unet-channels", type=lambda v: [int(c) for c in v.split(",")], default=[48, 96])
     ap.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting (0: plain MSE)")
-    ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--unet-batch", type=int, default=256)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--text-width", type=int, default=64)
     ap.add_argument("--vae-only", action="store_true", help="stop after stage 1 (saves OUT/vae)")
+    ap.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu or cuda")
+    ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                    help="on a GPU, launch the UNet step's kernels one by one instead of replaying a CUDA graph")
     args = ap.parse_args()
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if args.device.type == "cuda":
+        # TF32 tensor cores: 20% faster steps on an H200 (measured); the weights stay f32.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        log(f"device: {torch.cuda.get_device_name(args.device)}")
+    else:
+        # The graphed GPU step needs ops (index_add) that deterministic mode would alert on; on
+        # the CPU every op here is deterministic and the same command gives the same weights.
+        torch.use_deterministic_algorithms(True, warn_only=True)
     from transformers import CLIPTokenizer
     from diffusers import AutoencoderKL
 
@@ -395,15 +547,18 @@ def main():
     log(f"{x.shape[0]} scenes of {x.shape[-1]}x{x.shape[-1]} loaded ({time.time()-t0:.0f}s)")
 
     if args.vae_from:
-        vae = AutoencoderKL.from_pretrained(args.vae_from)
+        vae = AutoencoderKL.from_pretrained(args.vae_from).to(args.device)
     else:
         vae = train_vae(x, args)
-        # Saved at once, so a later run can skip stage 1 with --vae-from OUT/vae.
-        os.makedirs(args.out, exist_ok=True)
-        vae.save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
+    if args.decoder_steps > 0:
+        vae = finetune_decoder(vae, x, args)
+    # Saved at once, so a later run can skip stage 1 with --vae-from OUT/vae.
+    os.makedirs(args.out, exist_ok=True)
+    import copy
+    copy.deepcopy(vae).cpu().save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
     if args.vae_only:
         return
-    mean, std = encode_all(vae, x)
+    mean, std = encode_all(vae, x, args.device)
     scale = 1.0 / mean.std().item()
     log(f"latents {tuple(mean.shape[1:])}, std {mean.std().item():.4f} -> scaling_factor {scale:.5f}, "
         f"posterior std mean {std.mean().item():.2e}")

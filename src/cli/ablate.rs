@@ -46,6 +46,7 @@ pub fn run(args: &AblateArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
+    let params = args.edit.params_for(&l.model)?;
     let pipeline = DiffEdit::new(&l.model, params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
     let image = image_to_tensor(&l.processed)?;

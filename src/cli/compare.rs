@@ -35,7 +35,8 @@ pub struct CompareArgs {
 }
 
 pub fn run(args: &CompareArgs) -> Result<()> {
-    let params = args.edit.params()?;
+    // Checked before the model loads, so a bad flag fails at once.
+    args.edit.params()?;
     args.picture.check()?;
     if let Some(sigma) = args.mask_blur {
         check_sigma(sigma)?;
@@ -45,6 +46,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
+    let params = args.edit.params_for(&l.model)?;
     let pipeline = DiffEdit::new(&l.model, params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
     let img2img_noise = standard_normal(params.seed, Stream::Img2img, pipeline.latent_shape(l.width, l.height))?;

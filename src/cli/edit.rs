@@ -6,9 +6,10 @@ use clap::Args;
 
 use super::shared::{check_outputs, check_prompts, edit_noise, load};
 use super::{default_out, path_str, ModelArgs, OutputArgs};
-use crate::diffedit::{experiments, Alignment, DiffEdit, EditParams};
+use crate::diffedit::{experiments, Alignment, DiffEdit, EditParams, ModelEditDefaults};
 use crate::error::{Error, Result};
 use crate::image_io::{self, image_to_tensor, resize, save_image, tensor_to_image};
+use crate::models::loading::StableDiffusion;
 use crate::viz;
 
 #[derive(Args, Debug)]
@@ -63,24 +64,24 @@ pub struct EditFlags {
     /// DDIM inference steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// Share of the schedule inverted and re-decoded (0, 1].
-    #[arg(long, default_value_t = 0.8)]
-    pub encode_ratio: f64,
-    /// Classifier-free guidance of the decoding.
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
+    /// Share of the schedule inverted and re-decoded (0, 1] [default: 0.8, or the model's diffedit.json].
+    #[arg(long)]
+    pub encode_ratio: Option<f64>,
+    /// Classifier-free guidance of the decoding [default: 7.5, or the model's diffedit.json].
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Guidance of the inversion (classifier-free with the empty prompt when > 1).
     #[arg(long, default_value_t = 1.0)]
     pub inversion_guidance: f64,
     /// Noise samples averaged for the mask.
     #[arg(long, default_value_t = 10)]
     pub mask_samples: usize,
-    /// Noise level of the mask (0, 1].
-    #[arg(long, default_value_t = 0.5)]
-    pub mask_noise_level: f64,
-    /// Threshold of the normalised difference [0, 1].
-    #[arg(long, default_value_t = 0.5)]
-    pub mask_threshold: f64,
+    /// Noise level of the mask (0, 1] [default: 0.5, or the model's diffedit.json].
+    #[arg(long)]
+    pub mask_noise_level: Option<f64>,
+    /// Threshold of the normalised difference [0, 1] [default: 0.5, or the model's diffedit.json].
+    #[arg(long)]
+    pub mask_threshold: Option<f64>,
     /// exact (latents paired with their own noise level) or notebook (the tutorial's code).
     #[arg(long, default_value = "exact")]
     pub alignment: String,
@@ -93,15 +94,28 @@ pub struct EditFlags {
 }
 
 impl EditFlags {
+    /// The parameters with the tutorial's defaults for flags left out (checked before any model
+    /// loads, so that a bad flag fails at once).
     pub fn params(&self) -> Result<EditParams> {
+        self.params_with(&ModelEditDefaults::default())
+    }
+
+    /// The parameters for `model`: flags left out take the model folder's `diffedit.json`, then the
+    /// tutorial's defaults.
+    pub fn params_for(&self, model: &StableDiffusion) -> Result<EditParams> {
+        self.params_with(&model.edit_defaults)
+    }
+
+    fn params_with(&self, model: &ModelEditDefaults) -> Result<EditParams> {
+        let d = EditParams::default();
         let p = EditParams {
             steps: self.steps,
-            encode_ratio: self.encode_ratio,
-            guidance: self.guidance,
+            encode_ratio: self.encode_ratio.or(model.encode_ratio).unwrap_or(d.encode_ratio),
+            guidance: self.guidance.or(model.guidance).unwrap_or(d.guidance),
             inversion_guidance: self.inversion_guidance,
             mask_samples: self.mask_samples,
-            mask_noise_level: self.mask_noise_level,
-            mask_threshold: self.mask_threshold,
+            mask_noise_level: self.mask_noise_level.or(model.mask_noise_level).unwrap_or(d.mask_noise_level),
+            mask_threshold: self.mask_threshold.or(model.mask_threshold).unwrap_or(d.mask_threshold),
             alignment: self.alignment.parse::<Alignment>()?,
             seed: self.seed,
             mask_batch_size: self.mask_batch_size,
@@ -112,7 +126,8 @@ impl EditFlags {
 }
 
 pub fn run(args: &EditArgs) -> Result<()> {
-    let params = args.edit.params()?;
+    // Checked before the model loads, so a bad flag fails at once.
+    args.edit.params()?;
     check_prompts(&args.source, &args.target)?;
     let out_path = args.out.clone().unwrap_or_else(|| default_out(&args.image, "edit"));
     let outputs: Vec<(&str, &Path)> = [
@@ -140,6 +155,7 @@ pub fn run(args: &EditArgs) -> Result<()> {
     let loaded = load(&args.model, Some(&args.image), args.size.as_deref(), o)?;
     let (model, original, processed) = (&loaded.model, &loaded.original, &loaded.processed);
     let (width, height, load_s) = (loaded.width, loaded.height, loaded.load_s);
+    let params = args.edit.params_for(model)?;
     let pipeline = DiffEdit::new(model, params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.noise.as_deref(), &loaded)?;
     let image = image_to_tensor(processed)?;

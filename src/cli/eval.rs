@@ -9,7 +9,7 @@ use super::edit::EditFlags;
 use super::{path_str, ModelArgs, OutputArgs};
 use crate::diffedit::{DiffEdit, Silent};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate_edit, grid_figure, heldout_for, EditRecord, Summary};
+use crate::eval::{edits_for, evaluate_edit, grid_figure, EditRecord, Summary};
 use crate::image_io::{check_output_path, save_image};
 use crate::models::loading::{bundled_model_dir, BUNDLED_MODEL_DIR};
 use crate::synth::EditKind;
@@ -26,6 +26,10 @@ pub struct EvalArgs {
     /// Evaluate the first N held-out edits (colour change, shape change, object swap in turn).
     #[arg(long, default_value_t = 200, value_name = "N")]
     pub limit: usize,
+    /// Which edits: `heldout` (the fixed evaluation set) or `validation` (drawn from another seed,
+    /// for choosing parameters without looking at the held-out edits).
+    #[arg(long, default_value = "heldout")]
+    pub split: String,
     /// Write a grid figure: per edit, source, ground truth, DiffEdit's mask, DiffEdit, img2img.
     #[arg(long, value_name = "PATH.png")]
     pub figure: Option<PathBuf>,
@@ -111,10 +115,16 @@ fn table(records: &[EditRecord]) -> String {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let params = args.edit.params()?;
+    // Checked before the model loads, so a bad flag fails at once.
+    args.edit.params()?;
     if args.limit == 0 {
         return Err(Error::invalid("--limit must be at least 1, got 0"));
     }
+    let validation = match args.split.as_str() {
+        "heldout" => false,
+        "validation" => true,
+        other => return Err(Error::invalid(format!("--split must be `heldout` or `validation`, got `{other}`"))),
+    };
     if let Some(p) = &args.figure {
         check_output_path(p, "--figure")?;
     }
@@ -126,7 +136,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let clock = Instant::now();
     let model = model_args.load(o.quiet)?;
     o.say(format!("model: {} ({:.1} s)", model.origins.unet, clock.elapsed().as_secs_f64()));
-    let edits = heldout_for(&model, args.limit)?;
+    let edits = edits_for(&model, args.limit, validation)?;
+    let params = args.edit.params_for(&model)?;
     let pipeline = DiffEdit::new(&model, params.clone())?;
     let clock = Instant::now();
     let mut records = Vec::with_capacity(edits.len());
@@ -168,6 +179,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .collect();
         let summary = serde_json::json!({
             "command": "eval",
+            "split": args.split,
             "diffedit": diffedit,
             "img2img": img2img,
             "by_kind": kinds,

@@ -40,7 +40,8 @@ pub struct MaskArgs {
 }
 
 pub fn run(args: &MaskArgs) -> Result<()> {
-    let params = args.edit.params()?;
+    // Checked before the model loads, so a bad flag fails at once.
+    args.edit.params()?;
     args.picture.check()?;
     let thresholds = parse_list("--thresholds", &args.thresholds)?;
     if let Some(t) = thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
@@ -52,6 +53,7 @@ pub fn run(args: &MaskArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
+    let params = args.edit.params_for(&l.model)?;
     let pipeline = DiffEdit::new(&l.model, params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
     let image = image_to_tensor(&l.processed)?;

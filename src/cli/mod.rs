@@ -128,7 +128,15 @@ impl ModelArgs {
         if let (false, Some(why)) = (quiet, choice.explain()) {
             eprintln!("{why}");
         }
-        StableDiffusion::load(&spec, &fetcher, &device, dtype)
+        let model = StableDiffusion::load(&spec, &fetcher, &device, dtype)?;
+        if let (false, Some(file)) = (quiet, &model.edit_defaults_file) {
+            eprintln!(
+                "edit settings from {}: {} (flags given on the command line win)",
+                file.display(),
+                model.edit_defaults.describe()
+            );
+        }
+        Ok(model)
     }
 }
 

@@ -38,7 +38,8 @@ pub struct ReportArgs {
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
-    let params = args.edit.params()?;
+    // Checked before the model loads, so a bad flag fails at once.
+    args.edit.params()?;
     args.picture.check()?;
     if args.columns == 0 {
         return Err(crate::error::Error::invalid("--columns must be at least 1, got 0"));
@@ -48,6 +49,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
+    let params = args.edit.params_for(&l.model)?;
     let pipeline = DiffEdit::new(&l.model, params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
     let latent = pipeline.latent_shape(l.width, l.height);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Result, Tensor};
 
-pub use params::{Alignment, EditParams};
+pub use params::{Alignment, EditParams, ModelEditDefaults};
 pub use pipeline::{DiffEdit, EditOutput, Noise, PromptEmbeddings, StageTimings};
 
 /// A noise-prediction network: the UNet, or a stand-in in tests.

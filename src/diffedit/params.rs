@@ -74,6 +74,72 @@ impl Default for EditParams {
     }
 }
 
+/// Edit settings a model folder recommends in its `diffedit.json`, for the parameters whose best
+/// value depends on the model (the bundled model's were chosen on validation edits, see its
+/// README). Only flags the user leaves out take them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEditDefaults {
+    #[serde(default)]
+    pub mask_noise_level: Option<f64>,
+    #[serde(default)]
+    pub mask_threshold: Option<f64>,
+    #[serde(default)]
+    pub encode_ratio: Option<f64>,
+    #[serde(default)]
+    pub guidance: Option<f64>,
+}
+
+impl ModelEditDefaults {
+    /// The file's name in a model folder, beside `model_index.json`.
+    pub const FILE: &'static str = "diffedit.json";
+
+    /// Reads and checks `path`; errors name the file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let d: Self = serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))?;
+        let checked = EditParams {
+            mask_noise_level: d.mask_noise_level.unwrap_or(0.5),
+            mask_threshold: d.mask_threshold.unwrap_or(0.5),
+            encode_ratio: d.encode_ratio.unwrap_or(0.8),
+            guidance: d.guidance.unwrap_or(7.5),
+            ..Default::default()
+        };
+        checked.validate().map_err(|e| {
+            // The range messages name CLI flags; in the file the keys are snake_case.
+            let mut msg = e.to_string();
+            for (flag, key) in [
+                ("--mask-noise-level", "mask_noise_level"),
+                ("--mask-threshold", "mask_threshold"),
+                ("--encode-ratio", "encode_ratio"),
+                ("--guidance", "guidance"),
+            ] {
+                msg = msg.replace(flag, key);
+            }
+            Error::config(path, msg)
+        })?;
+        Ok(d)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// "mask_noise_level 0.6, mask_threshold 0.3": what the file sets, for messages.
+    pub fn describe(&self) -> String {
+        [
+            ("mask_noise_level", self.mask_noise_level),
+            ("mask_threshold", self.mask_threshold),
+            ("encode_ratio", self.encode_ratio),
+            ("guidance", self.guidance),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
 /// `int(x * n)` as Python computes it: the product in double precision, truncated toward zero.
 pub fn python_int_of_product(x: f64, n: usize) -> i64 {
     (x * n as f64).trunc() as i64
@@ -147,6 +213,26 @@ impl EditParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_edit_defaults_read_check_and_describe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffedit.json");
+        std::fs::write(&path, r#"{"mask_noise_level": 0.6, "mask_threshold": 0.3}"#).unwrap();
+        let d = ModelEditDefaults::from_file(&path).unwrap();
+        assert_eq!(d.mask_noise_level, Some(0.6));
+        assert_eq!(d.encode_ratio, None);
+        assert_eq!(d.describe(), "mask_noise_level 0.6, mask_threshold 0.3");
+        assert!(!d.is_empty() && ModelEditDefaults::default().is_empty());
+
+        let p = path.display().to_string();
+        std::fs::write(&path, r#"{"mask_threshold": 1.5}"#).unwrap();
+        let err = ModelEditDefaults::from_file(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&p) && err.ends_with("mask_threshold must be in [0, 1], got 1.5"), "{err}");
+        std::fs::write(&path, r#"{"mask_treshold": 0.3}"#).unwrap();
+        let err = ModelEditDefaults::from_file(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&p) && err.contains("unknown field `mask_treshold`"), "{err}");
+    }
 
     #[test]
     fn start_step_uses_double_precision_truncation() {

@@ -15,6 +15,7 @@ use super::tokenizer::ClipTokenizer;
 use super::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use super::vae::{AutoencoderKL, AutoencoderKLConfig};
 use super::weights::Weights;
+use crate::diffedit::ModelEditDefaults;
 use crate::error::{Error, Result};
 use crate::scheduler::{DdimSchedule, DdimSchedulerConfig};
 
@@ -59,6 +60,10 @@ pub struct StableDiffusion {
     /// dtype is f16 (SD's VAE overflows in f16), as diffusers' pipelines do.
     pub vae_dtype: DType,
     pub origins: ComponentOrigins,
+    /// The whole model folder's `diffedit.json` (empty when it has none, or for hub models).
+    pub edit_defaults: ModelEditDefaults,
+    /// Where `edit_defaults` came from.
+    pub edit_defaults_file: Option<PathBuf>,
 }
 
 /// What `--model tutorial` names: the tutorial's combination, even when it must be downloaded.
@@ -309,7 +314,27 @@ impl StableDiffusion {
             tokenizer: origin(&tok_src, &tok_sub),
             scheduler: scheduler_origin,
         };
-        Ok(Self { tokenizer, text_encoder, vae, unet, schedule, device: device.clone(), dtype, vae_dtype, origins })
+        let edit_defaults_file = match spec.model.as_deref().map(ModelSource::parse).transpose()? {
+            Some(ModelSource::Dir(dir)) => Some(dir.join(ModelEditDefaults::FILE)).filter(|p| p.is_file()),
+            _ => None,
+        };
+        let edit_defaults = match &edit_defaults_file {
+            Some(path) => ModelEditDefaults::from_file(path)?,
+            None => ModelEditDefaults::default(),
+        };
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            vae,
+            unet,
+            schedule,
+            device: device.clone(),
+            dtype,
+            vae_dtype,
+            origins,
+            edit_defaults,
+            edit_defaults_file,
+        })
     }
 
     /// Pixels per latent cell.

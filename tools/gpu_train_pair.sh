@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs the training command (tools/train.sh) twice from scratch, side by side on one GPU machine
+# without Rust or network: the second run is the reproducibility check the shipped model must pass.
+# Run from the repository root on that machine, with:
+#   .whl/     diffusers and importlib_metadata wheels (the machine has torch and transformers)
+#   .devbin/diffedit.gz   a stripped x86-64 release build of the CLI (for `diffedit scenes`)
+# Writes train-a.log, train-b.log, model-a.tgz, model-b.tgz (and samples-*.png) to $OUT.
+# Arguments go to train.sh (and so to train_tiny_sd.py). DEADLINE=seconds (default 540) stops
+# both runs then and packs whatever checkpoint each has, as model-*-partial.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEST=${OUT:?OUT must name the folder results go to}
+DEADLINE=${DEADLINE:-540}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+export PYTHONPATH=/tmp/site
+gunzip -c .devbin/diffedit.gz > /tmp/diffedit && chmod +x /tmp/diffedit || exit 1
+nvidia-smi -L
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" \
+    || exit 1
+
+pack() { # run suffix
+    [ -f "/tmp/train-$1/model/unet/config.json" ] && tar -czf "$DEST/model-$1$2.tgz" -C "/tmp/train-$1" model
+    last=$(ls /tmp/train-$1/samples/samples_*.png 2>/dev/null | tail -1)
+    [ -n "$last" ] && cp "$last" "$DEST/samples-$1.png"
+    return 0
+}
+
+pids=()
+for run in a b; do
+    WORK=/tmp/train-$run OUT=/tmp/train-$run/model DIFFEDIT_BIN=/tmp/diffedit EVAL=0 PYTHON=python3 \
+        tools/train.sh "$@" > "$DEST/train-$run.log" 2>&1 &
+    pids+=($!)
+done
+( sleep "$DEADLINE"; echo "deadline ${DEADLINE}s: stopping"; kill "${pids[@]}" 2>/dev/null; pkill -f train_tiny_sd.py ) &
+watchdog=$!
+
+status=0
+remaining=("${pids[@]}")
+while [ "${#remaining[@]}" -gt 0 ]; do
+    finished=
+    wait -n -p finished "${remaining[@]}"
+    rc=$?
+    remaining=($(for p in "${remaining[@]}"; do [ "$p" != "$finished" ] && echo "$p"; done))
+    if [ "$rc" != 0 ]; then
+        echo "a training run failed or was stopped (exit $rc): stopping the other"
+        kill "${remaining[@]}" 2>/dev/null
+        pkill -f train_tiny_sd.py
+        status=1
+        break
+    fi
+done
+pkill -P "$watchdog" 2>/dev/null
+kill "$watchdog" 2>/dev/null
+wait "${pids[@]}" 2>/dev/null
+for run in a b; do
+    if grep -q "(final)" "$DEST/train-$run.log"; then pack "$run" ""; else pack "$run" -partial; fi
+    tail -n 4 "$DEST/train-$run.log"
+done
+ls -la "$DEST"
+exit $status
