@@ -39,6 +39,22 @@ fn eval_rejects_a_zero_limit() {
 }
 
 #[test]
+fn eval_split_is_heldout_or_validation_and_they_differ() {
+    let out = diffedit(&["eval", "--limit", "1", "--split", "training"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: --split must be `heldout` or `validation`, got `training`"
+    );
+    let heldout = diffedit::synth::heldout_edits(6, 32);
+    let validation = diffedit::synth::validation_edits(6, 32);
+    for (h, v) in heldout.iter().zip(&validation) {
+        assert_eq!(h.kind, v.kind, "both sets take the kinds in turn");
+        assert_ne!(h.source.render(), v.source.render(), "validation edit {} repeats a held-out scene", v.index);
+    }
+}
+
+#[test]
 fn scenes_writes_pictures_masks_and_captions() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s");
@@ -63,22 +79,25 @@ fn scenes_writes_pictures_masks_and_captions() {
 }
 
 /// CI's quality gate on the shipped model: the first 30 held-out edits (10 of each kind) at the
-/// settings of the model card. The shipped checkpoint does not reach the targets for mask
-/// IoU (0.6) and edit success (80%) yet, so those two are held at its measured level (30 edits:
-/// IoU 0.54, success 73%) less a margin for other CPUs' rounding; the background targets (>= 30 dB,
-/// >= img2img + 5 dB) are the issue's own. The full 200-edit figures are in
-/// models/diffedit-shapes/README.md.
+/// model's own settings (models/diffedit-shapes/diffedit.json: mask noise level 0.6, threshold
+/// 0.35, chosen on validation edits). Mask IoU (>= 0.6), background PSNR (>= 30 dB) and the margin
+/// over img2img (>= 5 dB) are the targets, which the model meets (30 edits: IoU 0.640,
+/// 30.22 dB, img2img 21.50 dB). Edit success is held at the model's measured level (30 edits: 73.3%;
+/// 200 edits: 69.0%) less a margin, because it misses the 80%. The full 200-edit figures are
+/// in models/diffedit-shapes/README.md.
 #[test]
 fn shipped_model_holds_its_measured_quality_on_a_reduced_heldout_set() {
-    let out = diffedit(&["eval", "--limit", "30", "--mask-noise-level", "0.7", "--json", "--quiet"]);
+    let out = diffedit(&["eval", "--limit", "30", "--json", "--quiet"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object on stdout");
     let (d, i) = (&v["diffedit"], &v["img2img"]);
     assert_eq!(d["n_edits"], 30);
+    assert_eq!(v["params"]["mask_noise_level"], 0.6, "the model's diffedit.json applies");
+    assert_eq!(v["params"]["mask_threshold"], 0.35, "the model's diffedit.json applies");
     let get = |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap();
-    assert!(get(d, "mask_iou") >= 0.50, "{v}");
-    assert!(get(d, "edit_success") >= 0.60, "{v}");
+    assert!(get(d, "mask_iou") >= 0.60, "{v}");
     assert!(get(d, "background_psnr_db") >= 30.0, "{v}");
     assert!(get(d, "background_psnr_db") >= get(i, "background_psnr_db") + 5.0, "{v}");
+    assert!(get(d, "edit_success") >= 0.65, "{v}");
 }

@@ -12,20 +12,27 @@ or, on a dataset already dumped with `diffedit scenes --out DIR --count N --seed
 
     /work/venv-ref/bin/python tools/train_tiny_sd.py --data DIR --out models/diffedit-shapes
 
-Why PyTorch and not candle: on the 2-core machine this project is developed on, one training step
-of this UNet (batch 64, forward + backward) takes tens of milliseconds in PyTorch's CPU kernels
-(oneDNN convolutions, fused attention) and several times longer through candle's CPU backward
-pass; the whole run must fit in well under an hour. The architecture is diffusers' own
-(AutoencoderKL, UNet2DConditionModel with cross-attention, transformers' CLIPTextModel), so the
-committed weights exercise exactly the code paths real SD weights do.
+Why PyTorch and not candle: candle has no fused optimiser, no CUDA-graph capture and a CPU
+backward pass several times slower than PyTorch's oneDNN kernels for these small convolutions; the
+architecture is diffusers' own (AutoencoderKL, UNet2DConditionModel with cross-attention,
+transformers' CLIPTextModel), so the committed weights exercise exactly the code paths real SD
+weights do.
 
-Stages (all seeded; the same command gives the same weights on the same torch build):
+Devices: on a CUDA GPU when there is one (`--device auto`), else on the CPU. Every random draw
+(batches, noise, timesteps, caption dropout) comes from CPU generators, so both follow the same
+batches and differ only by rounding; the GPU replays the whole UNet step as one CUDA graph. On an
+H200 the default run takes about 7 minutes (two runs side by side: tools/gpu_train_pair.sh); on
+one CPU core it takes most of a day (the UNet stage dominates: 5000 steps of batch 256).
+
+Stages (all seeded; on the CPU the same command gives the same weights on the same torch build):
   1. VAE (AutoencoderKL, 2 levels: factor 2, 4 latent channels), trained on reconstruction with a
      tiny KL term, as SD's VAE was; scaling_factor = 1 / std of the training latents.
+  1b. The decoder alone, the encoder frozen, on a longer low learning-rate schedule: the latent
+     space stays the encoder's, and the decoder sets how faithfully a kept background returns.
   2. Text encoder (CLIPTextModel, 2 layers, width 64, the real CLIP vocabulary and tokenizer) and
-     UNet (2 levels, cross-attention at full latent resolution and in the middle block) trained
-     together from scratch on epsilon prediction with SD's scaled-linear betas, captions dropped
-     10% of the time (classifier-free guidance), EMA weights saved.
+     UNet (2 levels, channels 48/96, cross-attention at both levels and in the middle block)
+     trained together from scratch on epsilon prediction with SD's scaled-linear betas, Min-SNR-5
+     weighting, captions dropped 10% of the time (classifier-free guidance), EMA weights saved.
 """
 
 import argparse
