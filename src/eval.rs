@@ -178,7 +178,7 @@ pub fn evaluate_edit(pipeline: &DiffEdit, edit: &Edit, progress: &dyn Progress) 
 pub fn edits_for(model: &StableDiffusion, n: usize, validation: bool) -> Result<Vec<Edit>> {
     let size = model.native_size();
     let multiple = model.vae_factor() * model.unet_factor();
-    if size < 16 || size % multiple != 0 {
+    if size < 16 || !size.is_multiple_of(multiple) {
         return Err(Error::invalid(format!(
             "the model's native size {size} px is not usable for the synthetic scenes (at least 16, a multiple of {multiple})"
         )));

@@ -78,7 +78,7 @@ pub fn check_processing_size(
     unet_factor: usize,
     native: usize,
 ) -> Result<()> {
-    if width % vae_factor != 0 || height % vae_factor != 0 {
+    if !width.is_multiple_of(vae_factor) || !height.is_multiple_of(vae_factor) {
         return Err(Error::invalid(format!(
             "size {width}x{height}: both sides must be multiples of {vae_factor} (the VAE's downscale factor)"
         )));

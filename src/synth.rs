@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 
 /// The seed of the held-out evaluation set. Training sets are drawn with other seeds, and every
 /// scene's stream mixes seed and index, so the two never share a scene stream.
-pub const HELDOUT_SEED: u64 = 0x00E7_A1_5EED;
+pub const HELDOUT_SEED: u64 = 0x0000_E7A1_5EED;
 /// Seed of the validation edits (`diffedit eval --split validation`).
 pub const VALIDATION_SEED: u64 = 0x0000_7A11_DA7E;
 
@@ -379,7 +379,7 @@ impl Edit {
 /// any prefix of the set is balanced.
 pub fn edit(seed: u64, index: u64, size: usize) -> Edit {
     let source = scene(seed, index, size);
-    let mut rng = stream(seed ^ 0x5EED_0F_ED17, index);
+    let mut rng = stream(seed ^ 0x005E_ED0F_ED17, index);
     let kind = EditKind::ALL[(index % 3) as usize];
     let object = rng.gen_range(0..source.objects.len());
     let old = source.objects[object];

@@ -201,7 +201,7 @@ pub fn run(args: &EditArgs) -> Result<()> {
         written.push(path_str(p));
     }
     if let Some(p) = &args.save_overlay {
-        save_image(&viz::overlay_image(&original, &mask, mh, mw), p)?;
+        save_image(&viz::overlay_image(original, &mask, mh, mw), p)?;
         written.push(path_str(p));
     }
     if let Some(p) = &args.save_steps {
