@@ -10,7 +10,7 @@
 # 4. writes models/diffedit-shapes in diffusers layout, 5. evaluates it on 30 held-out edits.
 # Extra arguments go to train_tiny_sd.py (e.g. --unet-steps 2000 for a quicker, weaker model).
 # Every random draw is made on the CPU, so a CPU run follows the same batches as a GPU run, only
-# slower (see README "The bundled model" for the times); progress pictures land in $WORK/samples.
+# slower (times: models/diffedit-shapes/README.md); progress pictures land in $WORK/samples.
 # DIFFEDIT_BIN=path uses a built CLI instead of `cargo build` (a machine without Rust);
 # EVAL=0 skips step 5.
 set -euo pipefail
