@@ -252,22 +252,28 @@ fn f16_and_bf16_compute_dtypes_load_and_run() {
     }
 }
 
+/// `diffedit edit --model MODEL` of the pipeline fixture picture, prompts "a" -> "b", to `out`.
+fn edit_with_model(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_diffedit"))
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["edit", "--model"])
+        .arg(model)
+        .arg("--image")
+        .arg(common::fixtures().join("pipeline/sd1_exact_default_in.png"))
+        .args(["--source", "a", "--target", "b", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// A copy of tiny-sd with one file changed by `damage`; the CLI must name the damage.
 fn broken_model_message(damage: impl FnOnce(&Path)) -> String {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     copy_dir(&tiny_model("tiny-sd"), &model);
     damage(&model);
-    let o = Command::new(env!("CARGO_BIN_EXE_diffedit"))
-        .env("HF_HUB_OFFLINE", "1")
-        .args(["edit", "--model"])
-        .arg(&model)
-        .arg("--image")
-        .arg(common::fixtures().join("pipeline/sd1_exact_default_in.png"))
-        .args(["--source", "a", "--target", "b", "--steps", "2", "-q", "--out"])
-        .arg(dir.path().join("out.png"))
-        .output()
-        .unwrap();
+    let o = edit_with_model(&model, &dir.path().join("out.png"), &["--steps", "2", "-q"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(!dir.path().join("out.png").exists());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
@@ -324,17 +330,8 @@ fn a_model_folders_diffedit_json_sets_edit_defaults_that_flags_override() {
     copy_dir(&tiny_model("tiny-sd"), &model);
     std::fs::write(model.join("diffedit.json"), r#"{"mask_noise_level": 0.3, "mask_threshold": 0.25}"#).unwrap();
     let run = |extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_diffedit"))
-            .env("HF_HUB_OFFLINE", "1")
-            .args(["edit", "--model"])
-            .arg(&model)
-            .arg("--image")
-            .arg(common::fixtures().join("pipeline/sd1_exact_default_in.png"))
-            .args(["--source", "a", "--target", "b", "--steps", "4", "--mask-samples", "1", "--json", "--out"])
-            .arg(dir.path().join("out.png"))
-            .args(extra)
-            .output()
-            .unwrap();
+        let args = [&["--steps", "4", "--mask-samples", "1", "--json"], extra].concat();
+        let o = edit_with_model(&model, &dir.path().join("out.png"), &args);
         let stderr = String::from_utf8_lossy(&o.stderr).replace(&model.display().to_string(), "MODEL");
         assert!(o.status.success(), "{stderr}");
         let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -357,16 +354,7 @@ fn a_model_folders_diffedit_json_sets_edit_defaults_that_flags_override() {
     assert_eq!(params["encode_ratio"], 0.5);
 
     std::fs::write(model.join("diffedit.json"), r#"{"mask_noise_level": 0}"#).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_diffedit"))
-        .env("HF_HUB_OFFLINE", "1")
-        .args(["edit", "--model"])
-        .arg(&model)
-        .arg("--image")
-        .arg(common::fixtures().join("pipeline/sd1_exact_default_in.png"))
-        .args(["--source", "a", "--target", "b", "-q", "--out"])
-        .arg(dir.path().join("out2.png"))
-        .output()
-        .unwrap();
+    let o = edit_with_model(&model, &dir.path().join("out2.png"), &["-q"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr).replace(&model.display().to_string(), "MODEL");
     assert!(err.contains("MODEL/diffedit.json: mask_noise_level must be in (0, 1], got 0"), "{err}");

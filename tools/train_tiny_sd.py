@@ -36,6 +36,7 @@ Stages (all seeded; on the CPU the same command gives the same weights on the sa
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -437,8 +438,6 @@ def halve_large(module, min_numel):
 
 
 def save_model(out, vae, unet, text_encoder, tokenizer_dir, scale, note="final"):
-    import copy
-
     from safetensors.torch import save_file
 
     # CPU copies are saved: the live modules stay where they are (a captured CUDA graph holds the
@@ -561,7 +560,6 @@ def main():
         vae = finetune_decoder(vae, x, args)
     # Saved at once, so a later run can skip stage 1 with --vae-from OUT/vae.
     os.makedirs(args.out, exist_ok=True)
-    import copy
     copy.deepcopy(vae).cpu().save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
     if args.vae_only:
         return

@@ -107,15 +107,15 @@ impl EditFlags {
     }
 
     fn params_with(&self, model: &ModelEditDefaults) -> Result<EditParams> {
-        let d = EditParams::default();
+        let base = model.apply_to(EditParams::default());
         let p = EditParams {
             steps: self.steps,
-            encode_ratio: self.encode_ratio.or(model.encode_ratio).unwrap_or(d.encode_ratio),
-            guidance: self.guidance.or(model.guidance).unwrap_or(d.guidance),
+            encode_ratio: self.encode_ratio.unwrap_or(base.encode_ratio),
+            guidance: self.guidance.unwrap_or(base.guidance),
             inversion_guidance: self.inversion_guidance,
             mask_samples: self.mask_samples,
-            mask_noise_level: self.mask_noise_level.or(model.mask_noise_level).unwrap_or(d.mask_noise_level),
-            mask_threshold: self.mask_threshold.or(model.mask_threshold).unwrap_or(d.mask_threshold),
+            mask_noise_level: self.mask_noise_level.unwrap_or(base.mask_noise_level),
+            mask_threshold: self.mask_threshold.unwrap_or(base.mask_threshold),
             alignment: self.alignment.parse::<Alignment>()?,
             seed: self.seed,
             mask_batch_size: self.mask_batch_size,

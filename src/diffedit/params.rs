@@ -98,14 +98,7 @@ impl ModelEditDefaults {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let d: Self = serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))?;
-        let checked = EditParams {
-            mask_noise_level: d.mask_noise_level.unwrap_or(0.5),
-            mask_threshold: d.mask_threshold.unwrap_or(0.5),
-            encode_ratio: d.encode_ratio.unwrap_or(0.8),
-            guidance: d.guidance.unwrap_or(7.5),
-            ..Default::default()
-        };
-        checked.validate().map_err(|e| {
+        d.apply_to(EditParams::default()).validate().map_err(|e| {
             // The range messages name CLI flags; in the file the keys are snake_case.
             let mut msg = e.to_string();
             for (flag, key) in [
@@ -123,6 +116,17 @@ impl ModelEditDefaults {
 
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// `params` with every value this file sets.
+    pub fn apply_to(&self, params: EditParams) -> EditParams {
+        EditParams {
+            mask_noise_level: self.mask_noise_level.unwrap_or(params.mask_noise_level),
+            mask_threshold: self.mask_threshold.unwrap_or(params.mask_threshold),
+            encode_ratio: self.encode_ratio.unwrap_or(params.encode_ratio),
+            guidance: self.guidance.unwrap_or(params.guidance),
+            ..params
+        }
     }
 
     /// "mask_noise_level 0.6, mask_threshold 0.3": what the file sets, for messages.
