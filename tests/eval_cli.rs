@@ -13,9 +13,44 @@ fn diffedit(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn eval_json_has_both_methods_and_the_requested_count() {
-    let out = diffedit(&["eval", "--limit", "3", "--steps", "10", "--mask-samples", "2", "--json", "--quiet"]);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("edits.jsonl");
+    let out = diffedit(&[
+        "eval",
+        "--limit",
+        "3",
+        "--steps",
+        "10",
+        "--mask-samples",
+        "2",
+        "--records",
+        records.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    // One line per edit, in order, whose means are the summary's.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&records)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let heldout = diffedit::synth::heldout_edits(3, 32);
+    for (line, edit) in lines.iter().zip(&heldout) {
+        assert_eq!(line["index"], edit.index);
+        assert_eq!(line["kind"], edit.kind.name());
+        assert_eq!(line["target_caption"], edit.target_caption());
+    }
+    for method in ["diffedit", "img2img"] {
+        for key in ["mask_iou", "background_psnr_db"] {
+            let mean = lines.iter().map(|l| l[method][key].as_f64().unwrap()).sum::<f64>() / 3.0;
+            assert!((mean - v[method][key].as_f64().unwrap()).abs() < 1e-9, "{method}.{key}");
+        }
+        let successes = lines.iter().filter(|l| l[method]["success"] == true).count();
+        assert!((successes as f64 / 3.0 - v[method]["edit_success"].as_f64().unwrap()).abs() < 1e-9);
+    }
     for method in ["diffedit", "img2img"] {
         let m = &v[method];
         assert_eq!(m["n_edits"], 3, "{method}");

@@ -10,7 +10,7 @@ use super::{path_str, ModelArgs, OutputArgs};
 use crate::diffedit::{DiffEdit, Silent};
 use crate::error::{Error, Result};
 use crate::eval::{edits_for, evaluate_edit, grid_figure, EditRecord, Summary};
-use crate::image_io::{check_output_path, save_image};
+use crate::image_io::{check_output_path, save_image, write_atomic};
 use crate::models::loading::{bundled_model_dir, BUNDLED_MODEL_DIR};
 use crate::synth::EditKind;
 
@@ -33,6 +33,10 @@ pub struct EvalArgs {
     /// Write a grid figure: per edit, source, ground truth, DiffEdit's mask, DiffEdit, img2img.
     #[arg(long, value_name = "PATH.png")]
     pub figure: Option<PathBuf>,
+    /// Write one JSON line per edit: its kind, captions and, for both methods, mask IoU,
+    /// background PSNR, success and what the classifier read.
+    #[arg(long, value_name = "PATH.jsonl")]
+    pub records: Option<PathBuf>,
     /// Edits shown in the figure.
     #[arg(long, default_value_t = 8)]
     pub figure_rows: usize,
@@ -114,6 +118,15 @@ fn table(records: &[EditRecord]) -> String {
     out
 }
 
+fn write_records(records: &[EditRecord], path: &std::path::Path) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text += &serde_json::to_string(r).map_err(|e| Error::invalid(format!("--records: {e}")))?;
+        text.push('\n');
+    }
+    write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e)))
+}
+
 pub fn run(args: &EvalArgs) -> Result<()> {
     // Checked before the model loads, so a bad flag fails at once.
     args.edit.params()?;
@@ -127,6 +140,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     if let Some(p) = &args.figure {
         check_output_path(p, "--figure")?;
+    }
+    if let Some(p) = &args.records {
+        check_output_path(p, "--records")?;
     }
     let mut model_args = args.model.clone();
     if model_args.model.is_none() {
@@ -160,6 +176,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let img2img = Summary::of(records.iter().map(|r| &r.img2img));
     if let Some(p) = &args.figure {
         save_image(&grid_figure(&records, &edits, args.figure_rows, 4), p)?;
+        o.say(format!("wrote {}", path_str(p)));
+    }
+    if let Some(p) = &args.records {
+        write_records(&records, p)?;
         o.say(format!("wrote {}", path_str(p)));
     }
     let missed = missed_targets(&diffedit, &img2img);
