@@ -66,6 +66,27 @@ fn eval_json_has_both_methods_and_the_requested_count() {
     assert!(v["img2img"]["mask_iou"].as_f64().unwrap() < 0.5);
 }
 
+/// Edits run side by side; what each edit gives must not depend on how many run at once.
+#[test]
+fn eval_records_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |threads: &str| {
+        let path = dir.path().join(format!("edits-{threads}.jsonl"));
+        let out = Command::new(env!("CARGO_BIN_EXE_diffedit"))
+            .args(["eval", "--limit", "4", "--steps", "10", "--mask-samples", "2", "--quiet", "--records"])
+            .arg(&path)
+            .env("RAYON_NUM_THREADS", threads)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("the diffedit binary runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(path).unwrap()
+    };
+    let (one, three) = (run("1"), run("3"));
+    assert_eq!(one.lines().count(), 4);
+    assert_eq!(one, three);
+}
+
 #[test]
 fn eval_rejects_a_zero_limit() {
     let out = diffedit(&["eval", "--limit", "0", "--quiet"]);
