@@ -169,7 +169,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             if !o.quiet {
                 let mut done = finished.lock().unwrap_or_else(|e| e.into_inner());
                 done.push(record.clone());
-                if done.len() % 10 == 0 || done.len() == edits.len() {
+                if done.len().is_multiple_of(10) || done.len() == edits.len() {
                     let so_far = Summary::of(done.iter().map(|r| &r.diffedit));
                     eprintln!(
                         "{}/{} edits ({:.1} s each): DiffEdit IoU {:.3}, bg PSNR {:.2} dB, success {:.1}%",
