@@ -5,8 +5,10 @@
 #   .whl/     diffusers and importlib_metadata wheels (the machine has torch and transformers)
 #   .devbin/diffedit.gz   a stripped x86-64 release build of the CLI (for `diffedit scenes`)
 # Writes train-a.log, train-b.log, model-a.tgz, model-b.tgz (and samples-*.png) to $OUT.
-# Arguments go to train.sh (and so to train_tiny_sd.py). DEADLINE=seconds (default 540) stops
-# both runs then and packs whatever checkpoint each has, as model-*-partial.tgz.
+# Arguments go to train.sh (and so to train_tiny_sd.py). DEADLINE=seconds (default 540): each run
+# fits its UNet step count to finish 20 s before it (train_tiny_sd.py --deadline; the log names the
+# count, for reproducing the run with --unet-steps); at the deadline both runs are stopped and
+# whatever checkpoint each has is packed, as model-*-partial.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:?OUT must name the folder results go to}
@@ -29,7 +31,7 @@ pack() { # run suffix
 pids=()
 for run in a b; do
     WORK=/tmp/train-$run OUT=/tmp/train-$run/model DIFFEDIT_BIN=/tmp/diffedit EVAL=0 PYTHON=python3 \
-        tools/train.sh "$@" > "$DEST/train-$run.log" 2>&1 &
+        tools/train.sh --deadline $((DEADLINE - 20)) "$@" > "$DEST/train-$run.log" 2>&1 &
     pids+=($!)
 done
 ( sleep "$DEADLINE"; echo "deadline ${DEADLINE}s: stopping"; kill "${pids[@]}" 2>/dev/null; pkill -f train_tiny_sd.py ) &

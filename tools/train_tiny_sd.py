@@ -50,6 +50,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 
+START = time.time()
+
+
 def log(*a):
     print(*a, flush=True)
 
@@ -60,7 +63,14 @@ def load_dataset(data_dir, limit=None):
         rows = rows[:limit]
     imgs = np.stack([np.asarray(Image.open(os.path.join(data_dir, r["image"])).convert("RGB")) for r in rows])
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, [r["caption"] for r in rows]
+    return x, [r["caption"] for r in rows], rows
+
+
+def object_cells(data_dir, rows, factor):
+    """[N,1,h,w] 0/1: the latent cells (factor x factor pixels) that hold any object pixel."""
+    masks = np.stack([np.asarray(Image.open(os.path.join(data_dir, r["mask"]))) for r in rows])
+    m = torch.from_numpy(masks > 0).float().unsqueeze(1)
+    return F.max_pool2d(m, factor)
 
 
 def vae_config(size, channels):
@@ -273,10 +283,11 @@ def save_grid(imgs, path, cols=8):
     Image.fromarray(grid).resize((cols * w * 3, rows * h * 3), Image.NEAREST).save(path)
 
 
-def unet_batch(lat_mean, lat_std, ids, empty, ac, scale, batch, min_snr, g):
+def unet_batch(lat_mean, lat_std, ids, empty, ac, scale, batch, min_snr, g, cells=None, object_weight=0.0):
     """One training batch, drawn on the CPU from generator `g` (the same draws on every device):
     noised latents, prompt tokens (10% dropped to the empty prompt, for classifier-free guidance),
-    timesteps, the noise to predict and each sample's loss weight."""
+    timesteps, the noise to predict, each sample's loss weight and each latent cell's weight
+    (1, or 1 + `object_weight` on the cells `cells` marks as object)."""
     n = lat_mean.shape[0]
     idx = torch.randint(0, n, (batch,), generator=g)
     z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)) * scale
@@ -291,13 +302,19 @@ def unet_batch(lat_mean, lat_std, ids, empty, ac, scale, batch, min_snr, g):
     # detail, stop dominating the gradient, and the model learns the prompt's layout sooner.
     snr = a.view(-1) / (1 - a.view(-1))
     weight = snr.clamp(max=min_snr) / snr if min_snr > 0 else torch.ones_like(snr)
-    return dict(zt=zt, tok=tok, t=t, eps=eps, weight=weight)
+    if cells is None:
+        cell_weight = torch.ones(batch, 1, *z0.shape[2:])
+    else:
+        cell_weight = 1.0 + object_weight * cells[idx]
+    # Normalised per sample, so a scene's loss keeps its scale whatever its objects' area.
+    cell_weight = cell_weight / cell_weight.mean(dim=(1, 2, 3), keepdim=True)
+    return dict(zt=zt, tok=tok, t=t, eps=eps, weight=weight, cell_weight=cell_weight)
 
 
 def weighted_loss(unet, text_encoder, b):
     emb = text_encoder(b["tok"])[0]
     pred = unet(b["zt"], b["t"], encoder_hidden_states=emb).sample
-    return ((pred - b["eps"]) ** 2).mean(dim=(1, 2, 3)).mul(b["weight"]).mean()
+    return ((pred - b["eps"]) ** 2).mul(b["cell_weight"]).mean(dim=(1, 2, 3)).mul(b["weight"]).mean()
 
 
 def gather_embedding(module):
@@ -348,14 +365,20 @@ class GraphedStep:
         return self.loss
 
 
-def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
+def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args, cells=None):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     dev = args.device
     torch.manual_seed(args.seed + 2)
-    text_encoder = CLIPTextModel(text_config(args.text_width))
-    unet = UNet2DConditionModel(**unet_config(lat_mean.shape[-1], args.text_width, args.unet_channels))
+    if args.unet_from:
+        # Continue a trained model (its EMA weights; stored f16 matrices come back as f32).
+        text_encoder = CLIPTextModel.from_pretrained(os.path.join(args.unet_from, "text_encoder")).float()
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(args.unet_from, "unet")).float()
+        log(f"continuing {args.unet_from}")
+    else:
+        text_encoder = CLIPTextModel(text_config(args.text_width))
+        unet = UNet2DConditionModel(**unet_config(lat_mean.shape[-1], args.text_width, args.unet_channels))
     log(f"unet: {sum(p.numel() for p in unet.parameters())/1e6:.2f}M parameters, text encoder: "
         f"{sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
     text_encoder.to(dev), unet.to(dev)
@@ -379,9 +402,29 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
     avg = None
     probe = captions[:16]
     stepper = None
-    for step in range(args.unet_steps):
-        lr_now = cosine_lr(step, args.unet_steps, args.unet_lr, 200)
-        b = unet_batch(lat_mean, lat_std, ids, empty, ac, scale, args.unet_batch, args.min_snr, g)
+    total = args.unet_steps
+    # With a deadline, the step count is fitted once, from the pace between two early steps; both
+    # fall in the warm-up, whose learning rates do not depend on the count, so the run is exactly
+    # the one `--unet-steps <fitted count>` gives (the log says the count).
+    pace_from, pace_to = min(10, args.unet_warmup // 2), min(40, args.unet_warmup)
+    step = 0
+    while step < total:
+        if args.deadline and step in (pace_from, pace_to):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if step == pace_from:
+                paced = time.time()
+            else:
+                per_step = (time.time() - paced) / (pace_to - pace_from)
+                left = args.deadline - (time.time() - START) - 60  # the final save and samples
+                fit = step + int(left / per_step)
+                if fit < total:
+                    total = max(pace_to + 1, fit // 250 * 250)
+                log(f"unet: {1000 * per_step:.0f} ms/step, {left:.0f}s left before the deadline: "
+                    f"{total} steps (reproduce with --unet-steps {total})")
+        lr_now = cosine_lr(step, total, args.unet_lr, args.unet_warmup)
+        b = unet_batch(lat_mean, lat_std, ids, empty, ac, scale, args.unet_batch, args.min_snr, g,
+                       cells, args.object_weight)
         b = {k: v.to(dev) for k, v in b.items()}
         if graphed:
             opt.param_groups[0]["lr"].fill_(lr_now)
@@ -400,9 +443,9 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
         ema.update(step)
         # A running mean kept on the device: reading the loss back every step would stall the GPU.
         avg = loss.clone() if avg is None else avg.mul_(0.98).add_(loss, alpha=0.02)
-        if step % args.log_every == 0 or step == args.unet_steps - 1:
+        if step % args.log_every == 0 or step == total - 1:
             log(f"unet step {step} loss {avg.item():.4f} lr {lr_now:.2e} ({time.time()-t0:.0f}s)")
-        snap = args.samples and (step % args.sample_every == 0 and step > 0 or step == args.unet_steps - 1)
+        snap = args.samples and (step % args.sample_every == 0 and step > 0 or step == total - 1)
         save = args.save_every and step % args.save_every == 0 and step > 0
         if snap or save:
             # Both use the EMA weights, then training resumes from the raw ones (copied in place:
@@ -421,10 +464,11 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args):
                 for b_, p in zip(backup, ema.params):
                     p.copy_(b_)
             unet.train(), text_encoder.train()
+        step += 1
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    log(f"unet: {args.unet_steps} steps in {time.time()-t0:.0f}s "
-        f"({1000*(time.time()-t0)/max(1, args.unet_steps):.1f} ms/step)")
+    log(f"unet: {total} steps in {time.time()-t0:.0f}s "
+        f"({1000*(time.time()-t0)/max(1, total):.1f} ms/step)")
     ema.copy_to_params()
     unet.eval(), text_encoder.eval()
     return unet, text_encoder
@@ -519,6 +563,15 @@ def main():
     ap.add_argument("--unet-channels", type=lambda v: [int(c) for c in v.split(",")], default=[48, 96])
     ap.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting (0: plain MSE)")
     ap.add_argument("--unet-batch", type=int, default=256)
+    ap.add_argument("--unet-warmup", type=int, default=200, help="learning-rate warm-up steps")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds from the start: fewer UNet steps (a multiple of 250) if --unet-steps would not "
+                         "finish by then, chosen early in the warm-up (0: none)")
+    ap.add_argument("--unet-from", default=None,
+                    help="continue the text encoder and UNet of this model folder (with --vae-from FOLDER/vae "
+                         "--decoder-steps 0: stage 2 only)")
+    ap.add_argument("--object-weight", type=float, default=0.0,
+                    help="extra loss weight on latent cells that hold an object (0: plain MSE over the latent)")
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--text-width", type=int, default=64)
@@ -549,7 +602,7 @@ def main():
     if args.samples:
         os.makedirs(args.samples, exist_ok=True)
     t0 = time.time()
-    x, captions = load_dataset(args.data, args.limit)
+    x, captions, rows = load_dataset(args.data, args.limit)
     log(f"{x.shape[0]} scenes of {x.shape[-1]}x{x.shape[-1]} loaded ({time.time()-t0:.0f}s)")
 
     if args.vae_from:
@@ -565,9 +618,16 @@ def main():
         return
     mean, std = encode_all(vae, x, args.device)
     scale = 1.0 / mean.std().item()
+    if args.unet_from:
+        # The continued UNet learned the latents at its own model's scale.
+        scale = vae.config.scaling_factor
     log(f"latents {tuple(mean.shape[1:])}, std {mean.std().item():.4f} -> scaling_factor {scale:.5f}, "
         f"posterior std mean {std.mean().item():.2e}")
-    unet, text_encoder = train_unet(mean, std, captions, scale, vae, tokenizer, args)
+    cells = None
+    if args.object_weight > 0:
+        cells = object_cells(args.data, rows, x.shape[-1] // mean.shape[-1])
+        log(f"object cells: {cells.mean().item():.3f} of the latent, weighted {1 + args.object_weight:g}x")
+    unet, text_encoder = train_unet(mean, std, captions, scale, vae, tokenizer, args, cells)
     save_model(args.out, vae, unet, text_encoder, args.tokenizer, scale)
     log(f"total {time.time()-t0:.0f}s")
 
