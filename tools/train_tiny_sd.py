@@ -302,19 +302,21 @@ def unet_batch(lat_mean, lat_std, ids, empty, ac, scale, batch, min_snr, g, cell
     # detail, stop dominating the gradient, and the model learns the prompt's layout sooner.
     snr = a.view(-1) / (1 - a.view(-1))
     weight = snr.clamp(max=min_snr) / snr if min_snr > 0 else torch.ones_like(snr)
-    if cells is None:
-        cell_weight = torch.ones(batch, 1, *z0.shape[2:])
-    else:
+    b = dict(zt=zt, tok=tok, t=t, eps=eps, weight=weight)
+    if cells is not None:
         cell_weight = 1.0 + object_weight * cells[idx]
-    # Normalised per sample, so a scene's loss keeps its scale whatever its objects' area.
-    cell_weight = cell_weight / cell_weight.mean(dim=(1, 2, 3), keepdim=True)
-    return dict(zt=zt, tok=tok, t=t, eps=eps, weight=weight, cell_weight=cell_weight)
+        # Normalised per sample, so a scene's loss keeps its scale whatever its objects' area.
+        b["cell_weight"] = cell_weight / cell_weight.mean(dim=(1, 2, 3), keepdim=True)
+    return b
 
 
 def weighted_loss(unet, text_encoder, b):
     emb = text_encoder(b["tok"])[0]
     pred = unet(b["zt"], b["t"], encoder_hidden_states=emb).sample
-    return ((pred - b["eps"]) ** 2).mul(b["cell_weight"]).mean(dim=(1, 2, 3)).mul(b["weight"]).mean()
+    err = (pred - b["eps"]) ** 2
+    if "cell_weight" in b:
+        err = err * b["cell_weight"]
+    return err.mean(dim=(1, 2, 3)).mul(b["weight"]).mean()
 
 
 def gather_embedding(module):
@@ -580,6 +582,8 @@ def main():
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                     help="on a GPU, launch the UNet step's kernels one by one instead of replaying a CUDA graph")
     args = ap.parse_args()
+    if args.deadline and args.unet_warmup < 2:
+        ap.error("--deadline fits the step count inside the warm-up: it needs --unet-warmup 2 or more")
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
