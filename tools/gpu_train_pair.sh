@@ -4,11 +4,12 @@
 # Run from the repository root on that machine, with:
 #   .whl/     diffusers and importlib_metadata wheels (the machine has torch and transformers)
 #   .devbin/diffedit.gz   a stripped x86-64 release build of the CLI (for `diffedit scenes`)
-# Writes train-a.log, train-b.log, model-a.tgz, model-b.tgz (and samples-*.png) to $OUT.
+# Writes train-a.log, train-b.log, model-a.tgz.N, model-b.tgz.N (and samples-*.png) to $OUT.
 # Arguments go to train.sh (and so to train_tiny_sd.py). DEADLINE=seconds (default 540): each run
 # fits its UNet step count to finish 20 s before it (train_tiny_sd.py --deadline; the log names the
 # count, for reproducing the run with --unet-steps); at the deadline both runs are stopped and
-# whatever checkpoint each has is packed, as model-*-partial.tgz.
+# whatever checkpoint each has is packed, as model-*-partial.tgz. Both runs take the step count the
+# first one fits (--share-steps), so they train the same schedule.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:?OUT must name the folder results go to}
@@ -22,16 +23,19 @@ python3 -c "import torch, diffusers, transformers; print('torch', torch.__versio
     || exit 1
 
 pack() { # run suffix
-    [ -f "/tmp/train-$1/model/unet/config.json" ] && tar -czf "$DEST/model-$1$2.tgz" -C "/tmp/train-$1" model
+    # in pieces of 15 MB (files come back from the machine at most 16 MB each): cat model-a.tgz.* | tar -xz
+    [ -f "/tmp/train-$1/model/unet/config.json" ] \
+        && tar -cz -C "/tmp/train-$1" model | split -b 15M -d -a 1 - "$DEST/model-$1$2.tgz."
     last=$(ls /tmp/train-$1/samples/samples_*.png 2>/dev/null | tail -1)
     [ -n "$last" ] && cp "$last" "$DEST/samples-$1.png"
     return 0
 }
 
 pids=()
+rm -f /tmp/unet-steps
 for run in a b; do
     WORK=/tmp/train-$run OUT=/tmp/train-$run/model DIFFEDIT_BIN=/tmp/diffedit EVAL=0 PYTHON=python3 \
-        tools/train.sh --deadline $((DEADLINE - 20)) "$@" > "$DEST/train-$run.log" 2>&1 &
+        tools/train.sh --deadline $((DEADLINE - 20)) --share-steps /tmp/unet-steps "$@" > "$DEST/train-$run.log" 2>&1 &
     pids+=($!)
 done
 ( sleep "$DEADLINE"; echo "deadline ${DEADLINE}s: stopping"; kill "${pids[@]}" 2>/dev/null; pkill -f train_tiny_sd.py ) &

@@ -128,6 +128,22 @@ def psnr(a, b):
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+def share_step_count(path, fitted):
+    """The step count of the first run to fit one: published atomically (a hard link fails when the
+    file exists), so runs sharing a GPU and paced a little differently still train the same schedule."""
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{fitted}\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        with open(path) as f:
+            fitted = int(f.read())
+    finally:
+        os.unlink(tmp)
+    return fitted
+
+
 def cosine_lr(step, total, base, warmup):
     if step < warmup:
         return base * (step + 1) / warmup
@@ -422,6 +438,8 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args, cells=N
                 fit = step + int(left / per_step)
                 if fit < total:
                     total = max(pace_to + 1, fit // 250 * 250)
+                if args.share_steps:
+                    total = share_step_count(args.share_steps, total)
                 log(f"unet: {1000 * per_step:.0f} ms/step, {left:.0f}s left before the deadline: "
                     f"{total} steps (reproduce with --unet-steps {total})")
         lr_now = cosine_lr(step, total, args.unet_lr, args.unet_warmup)
@@ -569,6 +587,9 @@ def main():
     ap.add_argument("--deadline", type=float, default=0,
                     help="seconds from the start: fewer UNet steps (a multiple of 250) if --unet-steps would not "
                          "finish by then, chosen early in the warm-up (0: none)")
+    ap.add_argument("--share-steps", default=None, metavar="FILE",
+                    help="with --deadline: runs side by side take one step count, the first fitted one, "
+                         "through FILE (so they stay the same run)")
     ap.add_argument("--unet-from", default=None,
                     help="continue the text encoder and UNet of this model folder (with --vae-from FOLDER/vae "
                          "--decoder-steps 0: stage 2 only)")
@@ -582,6 +603,8 @@ def main():
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                     help="on a GPU, launch the UNet step's kernels one by one instead of replaying a CUDA graph")
     args = ap.parse_args()
+    if args.share_steps and not args.deadline:
+        ap.error("--share-steps shares the count that --deadline fits: give --deadline too")
     if args.deadline and args.unet_warmup < 2:
         ap.error("--deadline fits the step count inside the warm-up: it needs --unet-warmup 2 or more")
 
