@@ -134,21 +134,23 @@ fn scenes_writes_pictures_masks_and_captions() {
     assert_eq!(String::from_utf8_lossy(&bad.stderr).trim(), "error: --size must be at least 16, got 8");
 }
 
-/// CI's quality gate on the shipped model: the first 30 held-out edits (10 of each kind) at the
+/// CI's quality gate on the shipped model: the first 60 held-out edits (20 of each kind) at the
 /// model's own settings (models/diffedit-shapes/diffedit.json: mask noise level 0.6, threshold
 /// 0.35, chosen on validation edits). Mask IoU (>= 0.6), background PSNR (>= 30 dB) and the margin
-/// over img2img (>= 5 dB) are the targets, which the model meets (30 edits: IoU 0.640,
-/// 30.22 dB, img2img 21.50 dB). Edit success is held at the model's measured level (30 edits: 73.3%;
-/// 200 edits: 69.0%) less a margin, because it misses the 80%. The full 200-edit figures are
-/// in models/diffedit-shapes/README.md.
+/// over img2img (>= 5 dB) are the targets, which the model meets (60 edits: IoU 0.632,
+/// 30.74 dB, img2img 21.55 dB). Edit success is held at the model's measured level (60 edits: 70.0%;
+/// 200 edits: 74.5%) less a margin of three edits, because it misses the 80%. Sixty edits
+/// rather than thirty: success over thirty swung by ten points between two training runs of the same
+/// command (63.3% and 73.3%), too noisy for a gate. The full 200-edit figures are in
+/// models/diffedit-shapes/README.md.
 #[test]
 fn shipped_model_holds_its_measured_quality_on_a_reduced_heldout_set() {
-    let out = diffedit(&["eval", "--limit", "30", "--json", "--quiet"]);
+    let out = diffedit(&["eval", "--limit", "60", "--json", "--quiet"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object on stdout");
     let (d, i) = (&v["diffedit"], &v["img2img"]);
-    assert_eq!(d["n_edits"], 30);
+    assert_eq!(d["n_edits"], 60);
     assert_eq!(v["params"]["mask_noise_level"], 0.6, "the model's diffedit.json applies");
     assert_eq!(v["params"]["mask_threshold"], 0.35, "the model's diffedit.json applies");
     let get = |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap();
