@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_tiny_sd as T  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextModel  # noqa: E402
+
 RECIPES = [(512, (64, 128)), (256, (64, 128)), (1024, (64, 128)), (512, (96, 192)), (256, (48, 96))]
 
 
@@ -21,12 +22,8 @@ def bench(device, batch, channels, steps=60, timed_from=10):
     replay of the captured graph alone."""
     text_encoder = CLIPTextModel(T.text_config(64)).to(device)
     unet = UNet2DConditionModel(**T.unet_config(16, 64, list(channels))).to(device)
-    for name, module in text_encoder.named_modules():
-        if name.endswith("token_embedding") or name.endswith("position_embedding"):
-            T.gather_embedding(module)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=torch.tensor(1e-4, device=device), weight_decay=0.01,
-                            capturable=True, foreach=True)
+    opt = T.graphed_optimizer(unet, text_encoder, params, 1e-4, device)
     ema = T.Ema([unet, text_encoder], 0.999)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1000, 4, 16, 16)

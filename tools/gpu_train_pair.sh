@@ -4,8 +4,8 @@
 # Run from the repository root on that machine, with (both made by tools/pack_gpu_carry.sh, and
 # carried: `carry: [".whl", ".devbin"]`):
 #   .whl/site.tar.xz      diffusers and importlib_metadata, unpacked (the machine has torch and
-#                         transformers); or .whl/*.whl, the wheels themselves (3x larger)
-#   .devbin/diffedit.xz   a stripped x86-64 release build of the CLI (for `diffedit scenes`); or .gz
+#                         transformers)
+#   .devbin/diffedit.xz   a stripped x86-64 release build of the CLI (for `diffedit scenes`)
 # Writes train-a.log, train-b.log, model-a.tgz.N, model-b.tgz.N (and samples-*.png) to $OUT.
 # Arguments go to train.sh (and so to train_tiny_sd.py). DEADLINE=seconds (default 540): each run
 # fits its UNet step count to finish 20 s before it (train_tiny_sd.py --deadline; the log names the
@@ -16,16 +16,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:?OUT must name the folder results go to}
 DEADLINE=${DEADLINE:-540}
-mkdir -p /tmp/site
-if [ -f .whl/site.tar.xz ]; then
-    tar -xJf .whl/site.tar.xz -C /tmp/site || exit 1
-else
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || exit 1
-fi
+mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site || exit 1
 export PYTHONPATH=/tmp/site
-if [ -f .devbin/diffedit.xz ]; then xz -dc .devbin/diffedit.xz > /tmp/diffedit; else gunzip -c .devbin/diffedit.gz > /tmp/diffedit; fi \
-    && chmod +x /tmp/diffedit || exit 1
+xz -dc .devbin/diffedit.xz > /tmp/diffedit && chmod +x /tmp/diffedit || exit 1
 nvidia-smi -L
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" \
     || exit 1

@@ -342,6 +342,17 @@ def gather_embedding(module):
     module.forward = lambda ids: torch.index_select(module.weight, 0, ids.reshape(-1)).view(*ids.shape, -1)
 
 
+def graphed_optimizer(unet, text_encoder, params, lr, dev):
+    """Readies the text encoder and an AdamW for capture in a CUDA graph (GraphedStep): embedding
+    lookups as gathers, the learning rate a device tensor the schedule fills in place."""
+    # By name: transformers releases nest CLIPTextModel's modules differently.
+    for name, module in text_encoder.named_modules():
+        if name.endswith("token_embedding") or name.endswith("position_embedding"):
+            gather_embedding(module)
+    return torch.optim.AdamW(params, lr=torch.tensor(lr, device=dev), weight_decay=0.01, capturable=True,
+                             foreach=True)
+
+
 class GraphedStep:
     """The whole training step (text encoder and UNet forward, backward, gradient clipping, AdamW)
     captured once as a CUDA graph and replayed: this model's kernels are so small that launching
@@ -405,12 +416,7 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args, cells=N
     params = list(unet.parameters()) + list(text_encoder.parameters())
     graphed = args.cuda_graph and dev.type == "cuda"
     if graphed:
-        # By name: transformers releases nest CLIPTextModel's modules differently.
-        for name, module in text_encoder.named_modules():
-            if name.endswith("token_embedding") or name.endswith("position_embedding"):
-                gather_embedding(module)
-        lr = torch.tensor(args.unet_lr, device=dev)
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, capturable=True, foreach=True)
+        opt = graphed_optimizer(unet, text_encoder, params, args.unet_lr, dev)
     else:
         opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     ema = Ema([unet, text_encoder], args.ema)
