@@ -2,7 +2,11 @@
 GPU, for UNet widths and batch sizes, to size a training recipe to a device call before spending it.
 Run from the repository root on the GPU machine, with diffusers on PYTHONPATH (tools/gpu_train_pair.sh
 says how): python3 tools/bench_gpu_step.py. About a minute on an H200; figures in the model card.
+With --choose BATCH:CHANNELS, times that one recipe in each --precisions entry and prints last
+`fastest: PRECISION` (a precision whose step fails is reported and skipped); gpu_train_pair.sh
+uses it to pick the UNet stage's precision.
 """
+import argparse
 import os
 import sys
 import time
@@ -17,7 +21,7 @@ from transformers import CLIPTextModel  # noqa: E402
 RECIPES = [(512, (64, 128)), (256, (64, 128)), (1024, (64, 128)), (512, (96, 192)), (256, (48, 96))]
 
 
-def bench(device, batch, channels, steps=60, timed_from=10):
+def bench(device, batch, channels, precision="fp32", steps=60, timed_from=10):
     """Milliseconds per training step (batch drawn on the CPU, copied, graph replayed, EMA), and per
     replay of the captured graph alone."""
     text_encoder = CLIPTextModel(T.text_config(64)).to(device)
@@ -37,7 +41,7 @@ def bench(device, batch, channels, steps=60, timed_from=10):
         b = T.unet_batch(latents, latents * 0.01, ids, ids[0], ac, 1.0, batch, 5.0, g)
         b = {k: v.to(device) for k, v in b.items()}
         if stepper is None:
-            stepper = T.GraphedStep(unet, text_encoder, params, opt, b)
+            stepper = T.GraphedStep(unet, text_encoder, params, opt, b, precision)
         stepper.run(b, warmup=i < 3)
         ema.update(i)
     torch.cuda.synchronize()
@@ -50,15 +54,35 @@ def bench(device, batch, channels, steps=60, timed_from=10):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16")
+    ap.add_argument("--choose", default=None, metavar="BATCH:CHANNELS", help="e.g. 512:64,128")
+    ap.add_argument("--steps", type=int, default=60)
+    args = ap.parse_args()
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True  # as train_tiny_sd.py does on a GPU
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     print(torch.cuda.get_device_name(device), "torch", torch.__version__, flush=True)
-    for batch, channels in RECIPES:
-        step_ms, replay_ms = bench(device, batch, channels)
-        print(f"unet {channels[0]}/{channels[1]} batch {batch}: {step_ms:.1f} ms/step "
-              f"(graph replay alone {replay_ms:.1f} ms)", flush=True)
+    recipes = RECIPES
+    if args.choose:
+        batch, channels = args.choose.split(":")
+        recipes = [(int(batch), tuple(int(c) for c in channels.split(",")))]
+    paces = {}
+    for batch, channels in recipes:
+        for precision in args.precisions.split(","):
+            try:
+                step_ms, replay_ms = bench(device, batch, channels, precision, steps=args.steps)
+            except Exception as e:  # reported, and that precision is not chosen
+                print(f"unet {channels[0]}/{channels[1]} batch {batch} {precision}: failed: {e!r}", flush=True)
+                continue
+            if not (step_ms > 0 and replay_ms > 0):
+                continue
+            paces[precision] = step_ms
+            print(f"unet {channels[0]}/{channels[1]} batch {batch} {precision}: {step_ms:.1f} ms/step "
+                  f"(graph replay alone {replay_ms:.1f} ms)", flush=True)
+    if args.choose:
+        print(f"fastest: {min(paces, key=paces.get) if paces else 'none'}", flush=True)
 
 
 if __name__ == "__main__":

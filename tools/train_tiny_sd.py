@@ -326,10 +326,15 @@ def unet_batch(lat_mean, lat_std, ids, empty, ac, scale, batch, min_snr, g, cell
     return b
 
 
-def weighted_loss(unet, text_encoder, b):
-    emb = text_encoder(b["tok"])[0]
-    pred = unet(b["zt"], b["t"], encoder_hidden_states=emb).sample
-    err = (pred - b["eps"]) ** 2
+def weighted_loss(unet, text_encoder, b, precision="fp32"):
+    # bf16: the forward's matrix products and convolutions in bfloat16 (autocast; the weights, the
+    # optimizer and the loss stay f32). The autocast cache stays off: inside a captured CUDA graph
+    # the cast copies must be remade by every replay.
+    with torch.autocast(b["zt"].device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                        cache_enabled=False):
+        emb = text_encoder(b["tok"])[0]
+        pred = unet(b["zt"], b["t"], encoder_hidden_states=emb).sample
+    err = (pred.float() - b["eps"]) ** 2
     if "cell_weight" in b:
         err = err * b["cell_weight"]
     return err.mean(dim=(1, 2, 3)).mul(b["weight"]).mean()
@@ -359,14 +364,15 @@ class GraphedStep:
     them one by one from Python, not the GPU, would set the pace. Inputs are copied into static
     tensors before each replay; the learning rate is a device tensor the step reads."""
 
-    def __init__(self, unet, text_encoder, params, opt, first):
+    def __init__(self, unet, text_encoder, params, opt, first, precision="fp32"):
         self.unet, self.text_encoder, self.params, self.opt = unet, text_encoder, params, opt
+        self.precision = precision
         self.static = {k: v.clone() for k, v in first.items()}
         self.graph = None
         self.loss = None
 
     def _step(self):
-        loss = weighted_loss(self.unet, self.text_encoder, self.static)
+        loss = weighted_loss(self.unet, self.text_encoder, self.static, self.precision)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
@@ -409,7 +415,7 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args, cells=N
         text_encoder = CLIPTextModel(text_config(args.text_width))
         unet = UNet2DConditionModel(**unet_config(lat_mean.shape[-1], args.text_width, args.unet_channels))
     log(f"unet: {sum(p.numel() for p in unet.parameters())/1e6:.2f}M parameters, text encoder: "
-        f"{sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
+        f"{sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M, {args.precision}")
     text_encoder.to(dev), unet.to(dev)
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [""])[0]
@@ -457,12 +463,12 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args, cells=N
         if graphed:
             opt.param_groups[0]["lr"].fill_(lr_now)
             if stepper is None:
-                stepper = GraphedStep(unet, text_encoder, params, opt, b)
+                stepper = GraphedStep(unet, text_encoder, params, opt, b, args.precision)
             loss = stepper.run(b, warmup=step < 3).detach()
         else:
             for pg in opt.param_groups:
                 pg["lr"] = lr_now
-            loss = weighted_loss(unet, text_encoder, b)
+            loss = weighted_loss(unet, text_encoder, b, args.precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -473,6 +479,9 @@ def train_unet(lat_mean, lat_std, captions, scale, vae, tokenizer, args, cells=N
         avg = loss.clone() if avg is None else avg.mul_(0.98).add_(loss, alpha=0.02)
         if step % args.log_every == 0 or step == total - 1:
             log(f"unet step {step} loss {avg.item():.4f} lr {lr_now:.2e} ({time.time()-t0:.0f}s)")
+            if not math.isfinite(avg.item()):
+                # A diverged run must fail (gpu_train_pair.sh then retrains in f32), not save NaNs.
+                sys.exit(f"unet loss is not finite at step {step} ({args.precision}): stopped")
         snap = args.samples and (step % args.sample_every == 0 and step > 0 or step == total - 1)
         save = args.save_every and step % args.save_every == 0 and step > 0
         if snap or save:
@@ -608,6 +617,9 @@ def main():
     ap.add_argument("--text-width", type=int, default=64)
     ap.add_argument("--vae-only", action="store_true", help="stop after stage 1 (saves OUT/vae)")
     ap.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu or cuda")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="UNet stage: bf16 runs the text encoder's and UNet's forward under bfloat16 autocast "
+                         "(f32 weights, optimizer and loss)")
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                     help="on a GPU, launch the UNet step's kernels one by one instead of replaying a CUDA graph")
     args = ap.parse_args()
