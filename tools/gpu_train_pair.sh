@@ -41,8 +41,7 @@ pack() { # run suffix
 
 # The scenes both runs train on (what train.sh would write first), made while the bench runs.
 for run in a b; do
-    mkdir -p "/tmp/train-$run"
-    /tmp/diffedit scenes --out "/tmp/train-$run/scenes" --count 100000 --seed 1 --size 32 > /dev/null 2>&1 &
+    WORK=/tmp/train-$run DIFFEDIT_BIN=/tmp/diffedit SCENES_ONLY=1 tools/train.sh > /dev/null 2>&1 &
 done
 PRECISION=${PRECISION:-fp32}
 if [ "$PRECISION" = auto ]; then

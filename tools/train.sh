@@ -12,7 +12,7 @@
 # Every random draw is made on the CPU, so a CPU run follows the same batches as a GPU run, only
 # slower (times: models/diffedit-shapes/README.md); progress pictures land in $WORK/samples.
 # DIFFEDIT_BIN=path uses a built CLI instead of `cargo build` (a machine without Rust);
-# EVAL=0 skips step 5.
+# EVAL=0 skips step 5; SCENES_ONLY=1 stops after step 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -30,6 +30,7 @@ if [ ! -f "$WORK/scenes/scenes.jsonl" ] || [ "$(wc -l < "$WORK/scenes/scenes.jso
     rm -rf "$WORK/scenes"
     "$BIN" scenes --out "$WORK/scenes" --count "$SCENES" --seed 1 --size 32
 fi
+[ "${SCENES_ONLY:-0}" = 1 ] && exit 0
 nice -n 10 "$PYTHON" tools/train_tiny_sd.py --data "$WORK/scenes" --out "$OUT" --samples "$WORK/samples" "$@" \
     2>&1 | tee "$WORK/train.log"
 if [ "${EVAL:-1}" != 0 ]; then
