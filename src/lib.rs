@@ -13,6 +13,7 @@ pub mod eval;
 pub mod image_io;
 pub mod kernels;
 pub mod models;
+pub mod paste;
 pub mod scheduler;
 pub mod synth;
 pub mod trace;

@@ -171,6 +171,68 @@ fn any_input_size_is_processed_at_model_size_and_written_back() {
     }
 }
 
+#[test]
+fn keep_background_pastes_the_edit_into_the_input_at_its_full_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 256x128 is processed at 64x32 (tiny-sd: native 64 px, VAE factor 2): a latent cell is 8
+    // pixels of the output.
+    let input_path = d.join("wide.png");
+    let input =
+        image::RgbImage::from_fn(256, 128, |x, y| image::Rgb([(x % 256) as u8, (y * 2) as u8, ((x * y) % 251) as u8]));
+    input.save(&input_path).unwrap();
+    let mut plain = quick(d, input_path.to_str().unwrap());
+    plain.extend(["--mask-threshold", "0.5", "--save-mask"].iter().map(|s| s.to_string()));
+    plain.push(d.join("mask.png").display().to_string());
+    let o = diffedit().args(&plain).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::rename(d.join("out.png"), d.join("plain.png")).unwrap();
+    let mut pasted = plain.clone();
+    pasted.push("--keep-background".to_string());
+    let o = diffedit().args(&pasted).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let plain = image::open(d.join("plain.png")).unwrap().to_rgb8();
+    let out = image::open(d.join("out.png")).unwrap().to_rgb8();
+    let mask = image::open(d.join("mask.png")).unwrap().to_luma8();
+    assert_eq!(out.dimensions(), (256, 128));
+    // Masked pixels within a square of radius r around (x, y), from a summed-area table.
+    let (w, h) = (256i64, 128i64);
+    let mut sat = vec![0i64; ((w + 1) * (h + 1)) as usize];
+    for y in 0..h {
+        for x in 0..w {
+            let m = (mask.get_pixel(x as u32, y as u32).0[0] > 127) as i64;
+            let i = ((y + 1) * (w + 1) + x + 1) as usize;
+            sat[i] = m + sat[i - 1] + sat[i - (w + 1) as usize] - sat[i - (w + 2) as usize];
+        }
+    }
+    let masked_near = |x: i64, y: i64, r: i64| {
+        let (x0, y0, x1, y1) = ((x - r).max(0), (y - r).max(0), (x + r + 1).min(w), (y + r + 1).min(h));
+        let at = |x: i64, y: i64| sat[(y * (w + 1) + x) as usize];
+        at(x1, y1) - at(x0, y1) - at(x1, y0) + at(x0, y0)
+    };
+    let (mut kept, mut edited) = (0, 0);
+    for y in 0..h {
+        for x in 0..w {
+            let p = (x as u32, y as u32);
+            // More than three cells (24 px) from the mask: the input's own pixel.
+            if masked_near(x, y, 28) == 0 {
+                assert_eq!(out.get_pixel(p.0, p.1), input.get_pixel(p.0, p.1), "{p:?} is far from the mask");
+                kept += 1;
+            }
+            // The middle of a masked cell, where alpha is 1 between all the pixels it is
+            // interpolated from: the edit, as written without the flag.
+            let (cx, cy) = (x / 8 * 8 + 4, y / 8 * 8 + 4);
+            if (2..6).contains(&(x % 8)) && (2..6).contains(&(y % 8)) && masked_near(cx, cy, 0) == 1 {
+                assert_eq!(out.get_pixel(p.0, p.1), plain.get_pixel(p.0, p.1), "{p:?} is inside the mask");
+                edited += 1;
+            }
+        }
+    }
+    assert!(kept > 500 && edited > 500, "the mask must leave both kinds of pixels: {kept} kept, {edited} edited");
+    assert_ne!(out, plain, "outside the mask the input's pixels replace the VAE's reconstruction");
+}
+
 fn write_png(
     path: &Path,
     color: png::ColorType,

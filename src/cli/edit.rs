@@ -10,6 +10,7 @@ use crate::diffedit::{experiments, Alignment, DiffEdit, EditParams, ModelEditDef
 use crate::error::{Error, Result};
 use crate::image_io::{self, image_to_tensor, resize, save_image, tensor_to_image};
 use crate::models::loading::StableDiffusion;
+use crate::paste::paste_edit;
 use crate::viz;
 
 #[derive(Args, Debug)]
@@ -54,6 +55,11 @@ pub struct EditArgs {
     /// Decode with the mask blurred by a Gaussian of this sigma (latent cells): a soft mask.
     #[arg(long, value_name = "SIGMA", allow_negative_numbers = true)]
     pub mask_blur: Option<f64>,
+    /// Paste the edit into the input picture: outside the mask and a feathered band around it,
+    /// every pixel is the input's own at its full size, instead of the VAE's reconstruction
+    /// resized (which is what the reference writes).
+    #[arg(long)]
+    pub keep_background: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -181,9 +187,19 @@ pub fn run(args: &EditArgs) -> Result<()> {
 
     let (ow, oh) = original.dimensions();
     let edited = tensor_to_image(&result.decoded)?;
-    save_image(&resize(&edited, ow as usize, oh as usize), &out_path)?;
-    let mut written = vec![path_str(&out_path)];
     let (mh, mw, mask) = image_io::map_values(&result.mask.mask)?;
+    let picture = if args.keep_background {
+        // The mask the decoding used: the soft one when the mask was blurred.
+        let (ph, pw, paste_mask) = match &soft_mask {
+            Some(soft) => image_io::map_values(soft)?,
+            None => (mh, mw, mask.clone()),
+        };
+        paste_edit(original, &edited, &paste_mask, ph, pw)?
+    } else {
+        resize(&edited, ow as usize, oh as usize)
+    };
+    save_image(&picture, &out_path)?;
+    let mut written = vec![path_str(&out_path)];
     if let Some(p) = &args.save_mask {
         let picture = match &soft_mask {
             Some(soft) => {
@@ -221,6 +237,7 @@ pub fn run(args: &EditArgs) -> Result<()> {
             "input_size": [ow, oh],
             "processing_size": [width, height],
             "mask_coverage": coverage,
+            "keep_background": args.keep_background,
             "mask_timestep": result.mask.timestep,
             "unet_evaluations": result.unet_evaluations,
             "timings_s": {
