@@ -3,6 +3,7 @@
 //!
 //!   cargo run --release --example kernel_probe            # uses all rayon threads
 //!   RAYON_NUM_THREADS=1 cargo run --release --example kernel_probe
+//!   PROBE=bf16 cargo run --release --example kernel_probe   # f32 vs bf16 products (AMX), ours
 
 use candle_core::{Device, Module, Tensor};
 use diffedit::kernels;
@@ -68,6 +69,41 @@ fn main() -> candle_core::Result<()> {
             let t0 = std::time::Instant::now();
             x.upsample_nearest2d(2 * hw, 2 * hw)?;
             println!("upsample_nearest2d {c}x{hw}x{hw} -> x2: {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+        }
+        return Ok(());
+    }
+    // PROBE=bf16: each layer with f32 products and with bf16 products on the tile units.
+    if std::env::var("PROBE").as_deref() == Ok("bf16") {
+        use kernels::MatmulPrecision::{Bf16, F32};
+        if !kernels::bf16_matmul_available() {
+            println!("this CPU has no AMX: no bf16 products");
+            return Ok(());
+        }
+        for &(ci, co, hw, k) in &[
+            (320, 320, 64, 3),
+            (640, 640, 32, 3),
+            (1280, 1280, 16, 3),
+            (512, 512, 128, 3),
+            (320, 320, 64, 1),
+            (4, 320, 64, 3),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (1, ci, hw, hw), &dev)?;
+            let w = Tensor::randn(0f32, 0.05, (co, ci, k, k), &dev)?;
+            let cfg = candle_nn::Conv2dConfig { padding: k / 2, ..Default::default() };
+            let flops = 2.0 * (ci * co * k * k * hw * hw) as f64;
+            for p in [F32, Bf16] {
+                let conv = kernels::with_matmul_precision(p, || kernels::Conv2d::new(w.clone(), None, cfg))?;
+                probe(&format!("conv {ci}->{co} {k}x{k} @{hw}x{hw} {p:?}"), flops, &|| conv.forward(&x))?;
+            }
+        }
+        for &(t, din, dout) in &[(4096, 320, 2560), (4096, 1280, 320), (1024, 640, 640), (77, 768, 320)] {
+            let x = Tensor::randn(0f32, 1.0, (1, t, din), &dev)?;
+            let w = Tensor::randn(0f32, 0.05, (dout, din), &dev)?;
+            let flops = 2.0 * (t * din * dout) as f64;
+            for p in [F32, Bf16] {
+                let lin = kernels::with_matmul_precision(p, || kernels::Linear::new(w.clone(), None))?;
+                probe(&format!("linear {t}x{din}->{dout} {p:?}"), flops, &|| lin.forward(&x))?;
+            }
         }
         return Ok(());
     }

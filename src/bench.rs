@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
+use crate::kernels::{self, MatmulPrecision};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -333,6 +334,9 @@ pub fn peak_rss_mb() -> f64 {
 pub struct Timing {
     pub what: String,
     pub dtype: String,
+    /// How the matrix products ran: `bf16` on the CPU's tile units for `--dtype bf16` where the
+    /// CPU has AMX (the tensors between them f32), else the dtype's own.
+    pub matmul: String,
     pub shape: Vec<usize>,
     pub warmup_s: f64,
     pub times_s: Vec<f64>,
@@ -381,6 +385,7 @@ fn timing(what: &str, dtype: DType, shape: Vec<usize>, flops: f64, build_s: f64,
     Timing {
         what: what.into(),
         dtype: format!("{dtype:?}").to_lowercase(),
+        matmul: matmul_name(dtype),
         shape,
         warmup_s: round(warm, 4),
         times_s: times.iter().map(|t| round(*t, 4)).collect(),
@@ -390,6 +395,14 @@ fn timing(what: &str, dtype: DType, shape: Vec<usize>, flops: f64, build_s: f64,
         peak_rss_mb: round(peak_rss_mb(), 1),
         build_s: round(build_s, 2),
         threads: rayon::current_num_threads(),
+    }
+}
+
+/// What the matrix products of a `dtype` run on the CPU are ([`kernels::compute_mode`]).
+fn matmul_name(dtype: DType) -> String {
+    match kernels::compute_mode(&Device::Cpu, dtype) {
+        (_, MatmulPrecision::Bf16) => "bf16".into(),
+        (t, MatmulPrecision::F32) => format!("{t:?}").to_lowercase(),
     }
 }
 
@@ -403,12 +416,15 @@ pub fn bench_unet(
     runs: usize,
 ) -> crate::Result<Timing> {
     let cfg = sd15_unet_config()?;
+    let (tensors, matmul) = kernels::compute_mode(device, dtype);
     let t0 = Instant::now();
-    let unet = UNet2DConditionModel::new(RandomWeights::var_builder(0, dtype, device), &cfg)?;
+    let unet = kernels::with_matmul_precision(matmul, || {
+        UNet2DConditionModel::new(RandomWeights::var_builder(0, tensors, device), &cfg)
+    })?;
     let build_s = t0.elapsed().as_secs_f64();
     let ctx_dim = cfg.cross_attention_dim.get(0, cfg.block_out_channels.len(), "cross_attention_dim").unwrap_or(768);
-    let x = Tensor::randn(0f32, 1.0, (batch, cfg.in_channels, h, w), device)?.to_dtype(dtype)?;
-    let ctx = Tensor::randn(0f32, 1.0, (batch, 77, ctx_dim), device)?.to_dtype(dtype)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, cfg.in_channels, h, w), device)?.to_dtype(tensors)?;
+    let ctx = Tensor::randn(0f32, 1.0, (batch, 77, ctx_dim), device)?.to_dtype(tensors)?;
     let (warm, times) = time_runs(device, runs, || unet.forward(&x, 500.0, &ctx))?;
     let flops = unet_flops(&cfg, batch, h, w, 77);
     Ok(timing("unet", dtype, vec![batch, cfg.in_channels, h, w], flops, build_s, warm, times))
@@ -425,18 +441,21 @@ pub fn bench_vae(
     runs: usize,
 ) -> crate::Result<Timing> {
     let cfg = sd15_vae_config()?;
+    let (tensors, matmul) = kernels::compute_mode(device, dtype);
     let t0 = Instant::now();
-    let vae = AutoencoderKL::new(RandomWeights::var_builder(0, dtype, device), &cfg)?;
+    let vae = kernels::with_matmul_precision(matmul, || {
+        AutoencoderKL::new(RandomWeights::var_builder(0, tensors, device), &cfg)
+    })?;
     let build_s = t0.elapsed().as_secs_f64();
     if encode {
         let f = cfg.downscale_factor();
         let (ih, iw) = (h * f, w * f);
-        let x = Tensor::rand(-1f32, 1.0, (batch, cfg.in_channels, ih, iw), device)?.to_dtype(dtype)?;
+        let x = Tensor::rand(-1f32, 1.0, (batch, cfg.in_channels, ih, iw), device)?.to_dtype(tensors)?;
         let (warm, times) = time_runs(device, runs, || vae.encode(&x).map(|d| d.mean))?;
         let flops = vae_encode_flops(&cfg, batch, ih, iw);
         Ok(timing("vae_encode", dtype, vec![batch, cfg.in_channels, ih, iw], flops, build_s, warm, times))
     } else {
-        let z = Tensor::randn(0f32, 1.0, (batch, cfg.latent_channels, h, w), device)?.to_dtype(dtype)?;
+        let z = Tensor::randn(0f32, 1.0, (batch, cfg.latent_channels, h, w), device)?.to_dtype(tensors)?;
         let (warm, times) = time_runs(device, runs, || vae.decode(&z))?;
         let flops = vae_decode_flops(&cfg, batch, h, w);
         Ok(timing("vae_decode", dtype, vec![batch, cfg.latent_channels, h, w], flops, build_s, warm, times))
@@ -446,8 +465,11 @@ pub fn bench_vae(
 /// CLIP text encoder on `[batch, 77]` token ids.
 pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> crate::Result<Timing> {
     let cfg = sd15_clip_config()?;
+    let (tensors, matmul) = kernels::compute_mode(device, dtype);
     let t0 = Instant::now();
-    let clip = ClipTextModel::new(RandomWeights::var_builder(0, dtype, device), &cfg)?;
+    let clip = kernels::with_matmul_precision(matmul, || {
+        ClipTextModel::new(RandomWeights::var_builder(0, tensors, device), &cfg)
+    })?;
     let build_s = t0.elapsed().as_secs_f64();
     let l = cfg.max_position_embeddings;
     let ids: Vec<u32> = (0..batch * l).map(|i| (splitmix(i as u64) % cfg.vocab_size as u64) as u32).collect();
@@ -490,9 +512,14 @@ pub fn random_sd15(
 ) -> crate::Result<crate::models::loading::StableDiffusion> {
     use crate::models::loading::{tutorial_scheduler_config, ComponentOrigins, StableDiffusion};
     let tokenizer = crate::models::tokenizer::ClipTokenizer::from_dir(tokenizer_dir)?;
-    let text_encoder = ClipTextModel::new(RandomWeights::var_builder(1, dtype, device), &sd15_clip_config()?)?;
-    let vae = AutoencoderKL::new(RandomWeights::var_builder(2, dtype, device), &sd15_vae_config()?)?;
-    let unet = UNet2DConditionModel::new(RandomWeights::var_builder(3, dtype, device), &sd15_unet_config()?)?;
+    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let (text_encoder, vae, unet) = kernels::with_matmul_precision(matmul, || -> crate::Result<_> {
+        Ok((
+            ClipTextModel::new(RandomWeights::var_builder(1, tensors, device), &sd15_clip_config()?)?,
+            AutoencoderKL::new(RandomWeights::var_builder(2, tensors, device), &sd15_vae_config()?)?,
+            UNet2DConditionModel::new(RandomWeights::var_builder(3, tensors, device), &sd15_unet_config()?)?,
+        ))
+    })?;
     let schedule = crate::scheduler::DdimSchedule::new(tutorial_scheduler_config())?;
     let random = "random SD 1.5 weights".to_string();
     let origins = ComponentOrigins {
@@ -509,8 +536,9 @@ pub fn random_sd15(
         unet,
         schedule,
         device: device.clone(),
-        dtype,
-        vae_dtype: dtype,
+        dtype: tensors,
+        vae_dtype: tensors,
+        matmul,
         origins,
         edit_defaults: Default::default(),
         edit_defaults_file: None,

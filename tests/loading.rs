@@ -245,7 +245,10 @@ fn f16_and_bf16_compute_dtypes_load_and_run() {
     for dtype in [DType::F16, DType::BF16] {
         let m = StableDiffusion::load(&spec, &fetcher, &Device::Cpu, dtype).unwrap();
         let (e, _) = m.encode_prompt("a red circle").unwrap();
-        assert_eq!(e.dtype(), dtype);
+        // bf16 on a CPU with AMX: f32 tensors, bf16 products (kernels::compute_mode).
+        let (tensors, matmul) = diffedit::kernels::compute_mode(&Device::Cpu, dtype);
+        assert_eq!(e.dtype(), tensors);
+        assert_eq!((m.dtype, m.matmul), (tensors, matmul));
         let err = common::rel_l2(&e.to_dtype(DType::F32).unwrap(), &e32);
         let tol = if dtype == DType::F16 { 5e-3 } else { 3e-2 };
         assert!(err <= tol, "{dtype:?}: rel_l2 {err}");

@@ -126,6 +126,119 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
+/// The same attention with the two products in bf16 on the tile units ([`super::amx`]): per head,
+/// q, k^T and v are packed into tiles once; per block of 32 queries the scores come out of the
+/// tiles in f32, the softmax runs in f32, and the probabilities go back in as bf16 for the
+/// product with v (PyTorch's bf16 autocast rounds them the same way).
+struct AttentionBf16Op {
+    scale: f32,
+}
+
+impl CustomOp3 for AttentionBf16Op {
+    fn name(&self) -> &'static str {
+        "diffedit-attention-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use super::amx::{self, CTiles, PackedA16, PackedB16, TILE, TK, TM};
+        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (n, lq, d) = l1.shape().dims3()?;
+        let (nk, lk, dk) = l2.shape().dims3()?;
+        let (nv, lv, dv) = l3.shape().dims3()?;
+        if nk != n || nv != n || dk != d || lv != lk {
+            candle_core::bail!("attention kernel: shapes {:?} {:?} {:?}", l1.shape(), l2.shape(), l3.shape());
+        }
+        if !amx::available() {
+            candle_core::bail!("attention kernel: bf16 products need a CPU with AMX");
+        }
+        let mut out = vec![0f32; n * lq * dv];
+        if n == 0 || lq == 0 || lk == 0 || d == 0 || dv == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((n, lq, dv))));
+        }
+        // Per head: q as A panels, k^T and v as B tiles.
+        let packed: Vec<(PackedA16, PackedB16, PackedB16)> = (0..n)
+            .into_par_iter()
+            .map(|h| {
+                (
+                    PackedA16::new(&q[h * lq * d..(h + 1) * lq * d], lq, d, d, 1),
+                    PackedB16::new(&k[h * lk * d..(h + 1) * lk * d], d, lk, 1, d),
+                    PackedB16::new(&v[h * lk * dv..(h + 1) * lk * dv], lk, dv, dv, 1),
+                )
+            })
+            .collect();
+        let block = 2 * TM;
+        let blocks = lq.div_ceil(block);
+        let (lk_pad, dv_pad) = (lk.div_ceil(block) * block, dv.div_ceil(block) * block);
+        let (d_chunks, k_chunks) = (d.div_ceil(TK), lk.div_ceil(TK));
+        let optr = OutPtr(out.as_mut_ptr());
+        let scale = self.scale;
+        (0..n * blocks).into_par_iter().for_each(|t| {
+            amx::with_scratch(block * lk_pad, 2 * k_chunks * TILE, block * dv_pad, |scores, probs, acc| {
+                let optr = optr;
+                let (h, blk) = (t / blocks, t % blocks);
+                let rows = block.min(lq - blk * block);
+                let (qp, kp, vp) = &packed[h];
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    // scores[32, lk] = q_blk k^T (queries past lq are zero rows of the panels).
+                    for jj in 0..lk_pad / block {
+                        let c = CTiles::row_major(scores.as_mut_ptr().add(jj * block), lk_pad);
+                        amx::block_32x32(
+                            qp.at(2 * blk, 0),
+                            qp.at(2 * blk + 1, 0),
+                            kp.at(2 * jj, 0),
+                            kp.at(2 * jj + 1, 0),
+                            d_chunks,
+                            c,
+                            true,
+                        );
+                    }
+                    let mut inv = [0f32; 32];
+                    for r in 0..block {
+                        let row = &mut scores[r * lk_pad..(r + 1) * lk_pad];
+                        if r < rows {
+                            inv[r] = 1.0 / super::vmath::softmax_exp_row(&mut row[..lk], scale);
+                        } else {
+                            row[..lk].fill(0.0);
+                        }
+                        for c in 0..k_chunks {
+                            let len = TK.min(lk - c * TK);
+                            let dst = &mut probs[((r / TM) * k_chunks + c) * TILE + (r % TM) * TK..][..TK];
+                            amx::convert_row(&row[c * TK..c * TK + len], dst);
+                        }
+                    }
+                    // out_blk[32, dv] = p v
+                    for jj in 0..dv_pad / block {
+                        let c = CTiles::row_major(acc.as_mut_ptr().add(jj * block), dv_pad);
+                        let (p0, p1) = (probs.as_ptr(), probs.as_ptr().add(k_chunks * TILE));
+                        amx::block_32x32(p0, p1, vp.at(2 * jj, 0), vp.at(2 * jj + 1, 0), k_chunks, c, true);
+                    }
+                    let o = optr.0.add((h * lq + blk * block) * dv);
+                    for r in 0..rows {
+                        for c in 0..dv {
+                            *o.add(r * dv + c) = acc[r * dv_pad + c] * inv[r];
+                        }
+                    }
+                }
+            })
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, lq, dv))))
+    }
+}
+
+/// [`attention_f32`] with bf16 products on the tile units; needs [`super::amx::available`].
+pub fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &AttentionBf16Op { scale: scale as f32 })
+}
+
 /// `softmax(q k^T * scale) v` for contiguous f32 `q [N, Lq, d]`, `k [N, Lk, d]`, `v [N, Lk, dv]`.
 pub fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &AttentionOp { scale: scale as f32 })

@@ -5,7 +5,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::amx::{gemm_bf16, BSrc16, PackedA16};
 use super::gemm::{gemm_packed, BSrc, PackB, PackedA, NR};
+use super::MatmulPrecision;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConvParams {
@@ -56,12 +58,21 @@ impl PackB for Im2Col<'_> {
                     } else {
                         let row = &chan[iy as usize * g.w..(iy as usize + 1) * g.w];
                         let x0 = (ox * g.stride + kx) as isize - g.pad as isize;
-                        if g.stride == 1 && x0 >= 0 && x0 as usize + run <= g.w {
-                            dst[lane..lane + run].copy_from_slice(&row[x0 as usize..x0 as usize + run]);
+                        // Lanes i with 0 <= x0 + i * stride < w read the row; the padding around
+                        // them is zero (one or two lanes at each end of a run for 3x3 kernels).
+                        let s = g.stride as isize;
+                        let first = if x0 >= 0 { 0 } else { ((-x0 + s - 1) / s) as usize }.min(run);
+                        let last = if x0 >= g.w as isize { 0 } else { ((g.w as isize - x0 + s - 1) / s) as usize };
+                        let last = last.clamp(first, run);
+                        let out = &mut dst[lane..lane + run];
+                        out[..first].fill(0.0);
+                        out[last..].fill(0.0);
+                        let start = (x0 + first as isize * s) as usize;
+                        if g.stride == 1 {
+                            out[first..last].copy_from_slice(&row[start..start + (last - first)]);
                         } else {
-                            for (i, d) in dst[lane..lane + run].iter_mut().enumerate() {
-                                let ix = x0 + (i * g.stride) as isize;
-                                *d = if ix >= 0 && (ix as usize) < g.w { row[ix as usize] } else { 0.0 };
+                            for (i, d) in out[first..last].iter_mut().enumerate() {
+                                *d = row[start + i * g.stride];
                             }
                         }
                     }
@@ -111,10 +122,16 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
+/// The packed weights, in the precision the products run in.
+enum Weights {
+    F32(PackedA),
+    Bf16(PackedA16),
+}
+
 /// A convolution's weights packed once for the GEMM (the layer keeps only these on the kernel
 /// path, so packing costs neither time per call nor extra memory).
 pub struct PackedConv {
-    a: PackedA,
+    a: Weights,
     pub c_out: usize,
     pub c_in: usize,
     pub kh: usize,
@@ -123,12 +140,35 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// `weight`: contiguous f32 `[C_out, C_in, kh, kw]`.
-    pub fn new(weight: &Tensor, p: ConvParams) -> Result<Self> {
+    /// `weight`: contiguous f32 `[C_out, C_in, kh, kw]`; `precision` bf16 needs AMX
+    /// ([`super::bf16_matmul_available`]).
+    pub fn new(weight: &Tensor, p: ConvParams, precision: MatmulPrecision) -> Result<Self> {
         let (c_out, c_in, kh, kw) = weight.dims4()?;
         let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let k = c_in * kh * kw;
-        Ok(Self { a: PackedA::new(&w, c_out, k, k, 1), c_out, c_in, kh, kw, p })
+        let a = match precision {
+            MatmulPrecision::F32 => Weights::F32(PackedA::new(&w, c_out, k, k, 1)),
+            MatmulPrecision::Bf16 if super::bf16_matmul_available() => {
+                Weights::Bf16(PackedA16::new(&w, c_out, k, k, 1))
+            }
+            MatmulPrecision::Bf16 => candle_core::bail!("conv2d kernel: bf16 products need a CPU with AMX"),
+        };
+        Ok(Self { a, c_out, c_in, kh, kw, p })
+    }
+
+    pub fn precision(&self) -> MatmulPrecision {
+        match self.a {
+            Weights::F32(_) => MatmulPrecision::F32,
+            Weights::Bf16(_) => MatmulPrecision::Bf16,
+        }
+    }
+
+    /// `out += W * B`, or `out = W * B` when `out` is a fresh zeroed buffer (`prefilled` false).
+    fn gemm(&self, b: &dyn PackB, batch: usize, n: usize, out: &mut [f32], prefilled: bool) {
+        match &self.a {
+            Weights::F32(a) => gemm_packed(a, BSrc::Pack(b), batch, n, out),
+            Weights::Bf16(a) => gemm_bf16(a, BSrc16::Pack(b), batch, n, out, prefilled),
+        }
     }
 
     /// `bias`: `[C_out]`, `[1, C_out]` or `[B, C_out]` (the layer's bias with a per-item term
@@ -179,11 +219,12 @@ impl PackedConv {
                 }
             }
         }
+        let prefilled = bias.is_some() || residual.is_some();
         if kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0 {
-            gemm_packed(&self.a, BSrc::Pack(&Plain { x: xs, k, n }), batch, n, &mut out);
+            self.gemm(&Plain { x: xs, k, n }, batch, n, &mut out, prefilled);
         } else {
             let g = Geometry { c_in, h, w: wd, kh, kw, ow, stride: p.stride, pad: p.padding };
-            gemm_packed(&self.a, BSrc::Pack(&Im2Col { x: xs, g: &g }), batch, n, &mut out);
+            self.gemm(&Im2Col { x: xs, g: &g }, batch, n, &mut out, prefilled);
         }
         Ok((CpuStorage::F32(out), Shape::from((batch, c_out, oh, ow))))
     }

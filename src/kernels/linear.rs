@@ -3,21 +3,43 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use super::amx::{gemm_bf16, BSrc16, PackedA16, PackedB16};
 use super::gemm::{gemm_packed, BSrc, PackedA, PackedB};
+use super::MatmulPrecision;
+
+/// The packed weights, in the precision the products run in.
+enum Weights {
+    F32(PackedB),
+    Bf16(PackedB16),
+}
 
 pub struct PackedLinear {
-    b: PackedB,
+    b: Weights,
     pub d_in: usize,
     pub d_out: usize,
 }
 
 impl PackedLinear {
-    /// `weight`: f32 `[d_out, d_in]`.
-    pub fn new(weight: &Tensor) -> Result<Self> {
+    /// `weight`: f32 `[d_out, d_in]`; `precision` bf16 needs AMX ([`super::bf16_matmul_available`]).
+    pub fn new(weight: &Tensor, precision: MatmulPrecision) -> Result<Self> {
         let (d_out, d_in) = weight.dims2()?;
         let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         // B[k][n] = W[n][k]
-        Ok(Self { b: PackedB::new(&w, d_in, d_out, 1, d_in), d_in, d_out })
+        let b = match precision {
+            MatmulPrecision::F32 => Weights::F32(PackedB::new(&w, d_in, d_out, 1, d_in)),
+            MatmulPrecision::Bf16 if super::bf16_matmul_available() => {
+                Weights::Bf16(PackedB16::new(&w, d_in, d_out, 1, d_in))
+            }
+            MatmulPrecision::Bf16 => candle_core::bail!("linear kernel: bf16 products need a CPU with AMX"),
+        };
+        Ok(Self { b, d_in, d_out })
+    }
+
+    pub fn precision(&self) -> MatmulPrecision {
+        match self.b {
+            Weights::F32(_) => MatmulPrecision::F32,
+            Weights::Bf16(_) => MatmulPrecision::Bf16,
+        }
     }
 
     fn run(&self, x: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
@@ -41,8 +63,15 @@ impl PackedLinear {
                 row.copy_from_slice(bv);
             }
         }
-        let a = PackedA::new(xs, m, d_in, d_in, 1);
-        gemm_packed(&a, BSrc::Packed(&self.b), 1, self.d_out, &mut out);
+        match &self.b {
+            Weights::F32(b) => {
+                gemm_packed(&PackedA::new(xs, m, d_in, d_in, 1), BSrc::Packed(b), 1, self.d_out, &mut out)
+            }
+            Weights::Bf16(b) => {
+                let a = PackedA16::new(xs, m, d_in, d_in, 1);
+                gemm_bf16(&a, BSrc16::Packed(b), 1, self.d_out, &mut out, bias.is_some())
+            }
+        }
         let mut odims = dims.to_vec();
         *odims.last_mut().unwrap() = self.d_out;
         Ok((CpuStorage::F32(out), Shape::from(odims)))

@@ -7,6 +7,7 @@
 //! Metal and other dtypes behave exactly as before. `DIFFEDIT_KERNELS=0` turns the kernels off
 //! (for timing the stock path in the same build).
 
+pub mod amx;
 pub mod attention;
 pub mod conv;
 pub mod gemm;
@@ -14,9 +15,10 @@ pub mod linear;
 pub mod norm;
 pub mod vmath;
 
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 /// Whether the kernels are usable at all here (CPU features, `DIFFEDIT_KERNELS`).
@@ -41,6 +43,53 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// How the kernels' matrix products (convolutions, linear layers) treat their operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatmulPrecision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// Operands rounded to bf16, sums in f32, on the CPU's tile units (AMX): the arithmetic of
+    /// PyTorch's bf16 autocast on these CPUs. Everything between the products stays f32.
+    Bf16,
+}
+
+thread_local! {
+    /// The precision layers built now pack their weights for ([`with_matmul_precision`]).
+    static BUILDING: Cell<MatmulPrecision> = const { Cell::new(MatmulPrecision::F32) };
+}
+
+/// Runs `build` (a model's constructor) with the kernel layers it creates packing their weights
+/// for products in `precision`; each layer keeps the precision it was built with.
+pub fn with_matmul_precision<T>(precision: MatmulPrecision, build: impl FnOnce() -> T) -> T {
+    let before = BUILDING.replace(precision);
+    let out = build();
+    BUILDING.set(before);
+    out
+}
+
+/// The precision layers built now take ([`with_matmul_precision`]).
+pub fn building_precision() -> MatmulPrecision {
+    BUILDING.get()
+}
+
+/// Whether products in bf16 can run here: the f32 kernels are on and the CPU has AMX.
+pub fn bf16_matmul_available() -> bool {
+    enabled() && amx::available()
+}
+
+/// What a requested compute dtype becomes on `device`: on a CPU with AMX, bf16 means f32 tensors
+/// whose matrix products run in bf16 (the kernels' elementwise work is f32, and PyTorch's
+/// autocast splits the work the same way); anything else stays as asked.
+pub fn compute_mode(device: &Device, dtype: DType) -> (DType, MatmulPrecision) {
+    if device.is_cpu() && dtype == DType::BF16 && bf16_matmul_available() {
+        (DType::F32, MatmulPrecision::Bf16)
+    } else {
+        (dtype, MatmulPrecision::F32)
     }
 }
 
@@ -71,7 +120,7 @@ impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
         if use_kernels(&weight) && cfg.groups == 1 && cfg.dilation == 1 {
             let p = conv::ConvParams { stride: cfg.stride, padding: cfg.padding };
-            Ok(Self::Packed { w: Arc::new(conv::PackedConv::new(&weight, p)?), bias })
+            Ok(Self::Packed { w: Arc::new(conv::PackedConv::new(&weight, p, building_precision())?), bias })
         } else {
             Ok(Self::Stock(candle_nn::Conv2d::new(weight, bias, cfg)))
         }
@@ -151,7 +200,7 @@ impl std::fmt::Debug for Linear {
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         if use_kernels(&weight) {
-            Ok(Self::Packed { w: Arc::new(linear::PackedLinear::new(&weight)?), bias })
+            Ok(Self::Packed { w: Arc::new(linear::PackedLinear::new(&weight, building_precision())?), bias })
         } else {
             Ok(Self::Stock(candle_nn::Linear::new(weight, bias)))
         }
@@ -347,6 +396,51 @@ mod tests {
         let want = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * s)?)?.matmul(&v)?;
         let got = attention::attention_f32(&q, &k, &v, s)?;
         assert!(rel(&got, &want) < 1e-5);
+        Ok(())
+    }
+
+    /// bf16 products: against the same arithmetic done exactly (operands and unnormalised
+    /// probabilities rounded to bf16, sums in f64), and against f32 attention.
+    #[test]
+    fn bf16_attention_matches_rounded_reference() -> Result<()> {
+        if !bf16_matmul_available() {
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        for &(n, lq, lk, d, dv) in &[(3, 150, 77, 40, 24), (2, 64, 300, 80, 80), (1, 5, 3, 8, 33)] {
+            let q = Tensor::randn(0f32, 1.0, (n, lq, d), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (n, lk, d), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (n, lk, dv), &dev)?;
+            let s = (d as f64).powf(-0.5);
+            let got = attention::attention_bf16(&q, &k, &v, s)?;
+            assert_eq!(got.dims(), &[n, lq, dv]);
+            let f32_ref = attention::attention_f32(&q, &k, &v, s)?;
+            let r = rel(&got, &f32_ref);
+            assert!(r < 2e-2, "{:?}: vs f32 {r}", (n, lq, lk, d, dv));
+            let b = |x: f32| amx::f32_of(amx::bf16(x)) as f64;
+            let (qv, kv, vv) = (
+                q.flatten_all()?.to_vec1::<f32>()?,
+                k.flatten_all()?.to_vec1::<f32>()?,
+                v.flatten_all()?.to_vec1::<f32>()?,
+            );
+            let mut want = vec![0f32; n * lq * dv];
+            for h in 0..n {
+                for i in 0..lq {
+                    let scores: Vec<f64> = (0..lk)
+                        .map(|j| (0..d).map(|c| b(qv[(h * lq + i) * d + c]) * b(kv[(h * lk + j) * d + c])).sum::<f64>())
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| ((x - max) * s).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..dv {
+                        let acc: f64 = (0..lk).map(|j| b(e[j] as f32) * b(vv[(h * lk + j) * dv + c])).sum();
+                        want[(h * lq + i) * dv + c] = (acc / sum) as f32;
+                    }
+                }
+            }
+            let r = rel(&got, &Tensor::from_vec(want, (n, lq, dv), &dev)?);
+            assert!(r < 1e-3, "{:?}: vs rounded reference {r}", (n, lq, lk, d, dv));
+        }
         Ok(())
     }
 }

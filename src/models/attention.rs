@@ -76,6 +76,8 @@ pub struct Attention {
     heads: usize,
     dim_head: usize,
     upcast: bool,
+    /// The products' precision, as the layer was built ([`kernels::with_matmul_precision`]).
+    matmul: kernels::MatmulPrecision,
 }
 
 impl Attention {
@@ -98,6 +100,7 @@ impl Attention {
             heads,
             dim_head,
             upcast,
+            matmul: kernels::building_precision(),
         })
     }
 
@@ -119,7 +122,11 @@ impl Attention {
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let scale = 1.0 / (self.dim_head as f64).sqrt();
-        let out = scaled_dot_product_attention(&q, &k, &v, scale, self.upcast)?;
+        let out = if self.matmul == kernels::MatmulPrecision::Bf16 && kernels::use_kernels(&q) {
+            kernels::attention::attention_bf16(&q, &k, &v, scale)?
+        } else {
+            scaled_dot_product_attention(&q, &k, &v, scale, self.upcast)?
+        };
         let out = out.reshape((b, self.heads, l, self.dim_head))?.transpose(1, 2)?.reshape((
             b,
             l,
