@@ -410,13 +410,13 @@ impl CTiles {
     }
 }
 
-/// The four C tiles ([`CTiles`]) += two A panels (`a0`, `a1`: rows 0-15 and 16-31) times two B
-/// tiles (`b0`, `b1`: columns 0-15 and 16-31) over `chunks` chunks of 32 k; `fresh` starts the
-/// tiles from zero instead of reading them.
+/// `dst` = `src` (the four C tiles of [`CTiles`], or zero when `None`) + two A panels (`a0`,
+/// `a1`: rows 0-15 and 16-31) times two B tiles (`b0`, `b1`: columns 0-15 and 16-31) over
+/// `chunks` chunks of 32 k. `src` and `dst` may be the same tiles.
 ///
 /// # Safety
 /// Tiles configured ([`configure_tiles`]) in this thread; each A / B pointer reads `chunks`
-/// tiles of 1 KiB one after the other; `c` as its constructor requires.
+/// tiles of 1 KiB one after the other; `src` and `dst` as their constructors require.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn block_32x32(
     a0: *const u16,
@@ -424,60 +424,70 @@ pub(crate) unsafe fn block_32x32(
     b0: *const u16,
     b1: *const u16,
     chunks: usize,
-    c: CTiles,
-    fresh: bool,
+    src: Option<CTiles>,
+    dst: CTiles,
 ) {
     debug_assert!(chunks > 0);
-    macro_rules! kernel {
-        ($($start:literal),*) => {
-            std::arch::asm!(
-                $($start,)*
-                "2:",
-                "tileloadd tmm4, [{a0} + {stride}*1]",
-                "tileloadd tmm6, [{b0} + {stride}*1]",
-                "tileloadd tmm7, [{b1} + {stride}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm5, [{a1} + {stride}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 1024",
-                "add {a1}, 1024",
-                "add {b0}, 1024",
-                "add {b1}, 1024",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{c00} + {cs}*1], tmm0",
-                "tilestored [{c01} + {cs}*1], tmm1",
-                "tilestored [{c10} + {cs}*1], tmm2",
-                "tilestored [{c11} + {cs}*1], tmm3",
-                a0 = inout(reg) a0 => _,
-                a1 = inout(reg) a1 => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
-                n = inout(reg) chunks => _,
-                c00 = in(reg) c.c00,
-                c01 = in(reg) c.c01,
-                c10 = in(reg) c.c10,
-                c11 = in(reg) c.c11,
-                cs = in(reg) c.stride,
-                stride = in(reg) 64usize,
-                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
-                out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
-                options(nostack),
-            )
-        };
-    }
-    if fresh {
-        kernel!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3");
-    } else {
-        kernel!(
+    // The C tiles are set up by one asm block and used by the next: no code the compiler emits
+    // touches tile registers, so they keep their values in between.
+    match src {
+        None => std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            options(nostack, nomem),
+        ),
+        Some(c) => std::arch::asm!(
             "tileloadd tmm0, [{c00} + {cs}*1]",
             "tileloadd tmm1, [{c01} + {cs}*1]",
             "tileloadd tmm2, [{c10} + {cs}*1]",
-            "tileloadd tmm3, [{c11} + {cs}*1]"
-        );
+            "tileloadd tmm3, [{c11} + {cs}*1]",
+            c00 = in(reg) c.c00,
+            c01 = in(reg) c.c01,
+            c10 = in(reg) c.c10,
+            c11 = in(reg) c.c11,
+            cs = in(reg) c.stride,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            options(nostack, readonly),
+        ),
     }
+    std::arch::asm!(
+        "2:",
+        "tileloadd tmm4, [{a0} + {stride}*1]",
+        "tileloadd tmm6, [{b0} + {stride}*1]",
+        "tileloadd tmm7, [{b1} + {stride}*1]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tileloadd tmm5, [{a1} + {stride}*1]",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        "add {a0}, 1024",
+        "add {a1}, 1024",
+        "add {b0}, 1024",
+        "add {b1}, 1024",
+        "dec {n}",
+        "jnz 2b",
+        "tilestored [{c00} + {cs}*1], tmm0",
+        "tilestored [{c01} + {cs}*1], tmm1",
+        "tilestored [{c10} + {cs}*1], tmm2",
+        "tilestored [{c11} + {cs}*1], tmm3",
+        a0 = inout(reg) a0 => _,
+        a1 = inout(reg) a1 => _,
+        b0 = inout(reg) b0 => _,
+        b1 = inout(reg) b1 => _,
+        n = inout(reg) chunks => _,
+        c00 = in(reg) dst.c00,
+        c01 = in(reg) dst.c01,
+        c10 = in(reg) dst.c10,
+        c11 = in(reg) dst.c11,
+        cs = in(reg) dst.stride,
+        stride = in(reg) 64usize,
+        out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+        out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+        options(nostack),
+    );
 }
 
 /// Adds a task's accumulator (tile-major: row tile `rt`, column tile `ct` at
@@ -643,20 +653,52 @@ pub fn gemm_bf16(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut [f
                         };
                         let rt = 2 * (q - q0);
                         let tile = |rt: usize| acc[(rt * col_tiles + 2 * jj) * TM * TN..].as_ptr() as *mut f32;
+                        let (first, last) = (k0 == 0, k0 + kc == k);
+                        let rows = (2 * TM).min(m - q * 2 * TM);
+                        let cols = (2 * TN).min(nc - jj * 2 * TN);
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            block_32x32(a0, a1, b0, b1, chunks, CTiles::tile_major(tile(rt), tile(rt + 1)), k0 == 0)
-                        };
+                            let sums = CTiles::tile_major(tile(rt), tile(rt + 1));
+                            // A whole 32 x 32 block of C is read (when prefilled) on the first K block and
+                            // written on the last straight from the tiles; edge blocks go through `sums`.
+                            let whole = rows == 2 * TM && cols == 2 * TN;
+                            let c_blk = CTiles::row_major(out.0.add(b * m * n + q * 2 * TM * n + n0 + jj * 2 * TN), n);
+                            let src = match (first, whole && accumulate) {
+                                (true, true) => Some(c_blk),
+                                (true, false) => None,
+                                (false, _) => Some(sums),
+                            };
+                            let dst = if last && whole { c_blk } else { sums };
+                            block_32x32(a0, a1, b0, b1, chunks, src, dst);
+                        }
                     }
                 }
                 k0 += kc;
             }
-            let row0 = q0 * 2 * TM;
-            let rows = (q1 * 2 * TM).min(m) - row0;
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                add_tiles(acc, col_tiles, out.0.add(b * m * n + row0 * n + n0), n, rows, nc, accumulate)
-            };
+            // The edge blocks (past M or N), which stayed in `acc`.
+            for q in q0..q1 {
+                let rows = (2 * TM).min(m - q * 2 * TM);
+                for jj in 0..col_pairs {
+                    let cols = (2 * TN).min(nc - jj * 2 * TN);
+                    if rows == 2 * TM && cols == 2 * TN {
+                        continue;
+                    }
+                    let rt = 2 * (q - q0);
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let c_blk = out.0.add(b * m * n + q * 2 * TM * n + n0 + jj * 2 * TN);
+                        add_tiles(
+                            &acc[(rt * col_tiles + 2 * jj) * TM * TN..],
+                            col_tiles,
+                            c_blk,
+                            n,
+                            rows,
+                            cols,
+                            accumulate,
+                        )
+                    };
+                }
+            }
         })
     });
 }

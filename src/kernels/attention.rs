@@ -197,8 +197,8 @@ impl CustomOp3 for AttentionBf16Op {
                             kp.at(2 * jj, 0),
                             kp.at(2 * jj + 1, 0),
                             d_chunks,
+                            None,
                             c,
-                            true,
                         );
                     }
                     let mut inv = [0f32; 32];
@@ -219,7 +219,7 @@ impl CustomOp3 for AttentionBf16Op {
                     for jj in 0..dv_pad / block {
                         let c = CTiles::row_major(acc.as_mut_ptr().add(jj * block), dv_pad);
                         let (p0, p1) = (probs.as_ptr(), probs.as_ptr().add(k_chunks * TILE));
-                        amx::block_32x32(p0, p1, vp.at(2 * jj, 0), vp.at(2 * jj + 1, 0), k_chunks, c, true);
+                        amx::block_32x32(p0, p1, vp.at(2 * jj, 0), vp.at(2 * jj + 1, 0), k_chunks, None, c);
                     }
                     let o = optr.0.add((h * lq + blk * block) * dv);
                     for r in 0..rows {

@@ -192,6 +192,19 @@ impl PackedConv {
         let ow = (wd + 2 * p.padding - kw) / p.stride + 1;
         let n = oh * ow;
         let k = c_in * kh * kw;
+        let bias = match bias {
+            Some((bs, bl)) => {
+                let bv = f32_slice(bs, bl, "bias")?;
+                if bv.len() != c_out && bv.len() != batch * c_out {
+                    candle_core::bail!("conv2d kernel: bias {:?} for {batch} x {c_out} outputs", bl.shape());
+                }
+                Some(bv)
+            }
+            None => None,
+        };
+        // Output row i (batch item i / c_out, channel i % c_out) starts as residual + bias, written
+        // once (a zeroed buffer filled afterwards would be written twice).
+        let row_bias = |i: usize| bias.map(|bv| if bv.len() == batch * c_out { bv[i] } else { bv[i % c_out] });
         let mut out = match residual {
             Some((rs, rl)) => {
                 if rl.shape().dims() != [batch, c_out, oh, ow] {
@@ -200,25 +213,25 @@ impl PackedConv {
                         rl.shape()
                     );
                 }
-                f32_slice(rs, rl, "residual")?.to_vec()
+                let r = f32_slice(rs, rl, "residual")?;
+                let mut out = Vec::with_capacity(batch * c_out * n);
+                for (i, row) in r.chunks(n).enumerate() {
+                    match row_bias(i) {
+                        Some(b) => out.extend(row.iter().map(|v| v + b)),
+                        None => out.extend_from_slice(row),
+                    }
+                }
+                out
+            }
+            None if bias.is_some() => {
+                let mut out = Vec::with_capacity(batch * c_out * n);
+                for i in 0..batch * c_out {
+                    out.resize(out.len() + n, row_bias(i).unwrap_or(0.0));
+                }
+                out
             }
             None => vec![0f32; batch * c_out * n],
         };
-        if let Some((bs, bl)) = bias {
-            let bv = f32_slice(bs, bl, "bias")?;
-            if bv.len() != c_out && bv.len() != batch * c_out {
-                candle_core::bail!("conv2d kernel: bias {:?} for {batch} x {c_out} outputs", bl.shape());
-            }
-            let per_item = bv.len() == batch * c_out;
-            for (i, row) in out.chunks_mut(n).enumerate() {
-                let bias = if per_item { bv[i] } else { bv[i % c_out] };
-                if residual.is_some() {
-                    row.iter_mut().for_each(|v| *v += bias);
-                } else {
-                    row.fill(bias);
-                }
-            }
-        }
         let prefilled = bias.is_some() || residual.is_some();
         if kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0 {
             self.gemm(&Plain { x: xs, k, n }, batch, n, &mut out, prefilled);

@@ -53,16 +53,22 @@ impl PackedLinear {
             candle_core::bail!("linear kernel: input {:?}, weight expects {} features", x.1.shape(), self.d_in);
         }
         let m = xs.len() / d_in.max(1);
-        let mut out = vec![0f32; m * self.d_out];
-        if let Some((bs, bl)) = bias {
-            let bv = match (bs, bl.contiguous_offsets()) {
-                (CpuStorage::F32(d), Some((a, b))) if b - a == self.d_out => &d[a..b],
-                _ => candle_core::bail!("linear kernel: bias must be contiguous f32 [{}]", self.d_out),
-            };
-            for row in out.chunks_mut(self.d_out) {
-                row.copy_from_slice(bv);
+        // The output starts as the bias rows (written once), or zeros.
+        let out = match bias {
+            Some((bs, bl)) => {
+                let bv = match (bs, bl.contiguous_offsets()) {
+                    (CpuStorage::F32(d), Some((a, b))) if b - a == self.d_out => &d[a..b],
+                    _ => candle_core::bail!("linear kernel: bias must be contiguous f32 [{}]", self.d_out),
+                };
+                let mut out = Vec::with_capacity(m * self.d_out);
+                for _ in 0..m {
+                    out.extend_from_slice(bv);
+                }
+                out
             }
-        }
+            None => vec![0f32; m * self.d_out],
+        };
+        let mut out = out;
         match &self.b {
             Weights::F32(b) => {
                 gemm_packed(&PackedA::new(xs, m, d_in, d_in, 1), BSrc::Packed(b), 1, self.d_out, &mut out)

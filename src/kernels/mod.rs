@@ -281,6 +281,57 @@ impl GroupNorm {
     }
 }
 
+struct GegluOp;
+
+impl candle_core::CustomOp1 for GegluOp {
+    fn name(&self) -> &'static str {
+        "diffedit-geglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let h = match (s, l.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(d), Some((a, b))) => &d[a..b],
+            _ => candle_core::bail!("geglu kernel: contiguous f32 expected"),
+        };
+        let dims = l.shape().dims();
+        let width = *dims.last().unwrap_or(&0);
+        if width % 2 != 0 {
+            candle_core::bail!("geglu kernel: last dimension {width} is odd");
+        }
+        let inner = width / 2;
+        let mut out = vec![0f32; h.len() / 2];
+        if inner > 0 {
+            out.par_chunks_mut(inner).zip(h.par_chunks(width)).for_each(|(o, row)| {
+                // SAFETY: the kernels (and so AVX-512) are enabled where this op is used.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    vmath::geglu_row(&row[..inner], &row[inner..], o)
+                };
+            });
+        }
+        let mut odims = dims.to_vec();
+        *odims.last_mut().expect("rank >= 1") = inner;
+        Ok((candle_core::CpuStorage::F32(out), candle_core::Shape::from(odims)))
+    }
+}
+
+/// diffusers' GEGLU on the projection `h` `[..., 2 * inner]`: `h[..., :inner] *
+/// gelu(h[..., inner:])` (exact GELU), in one pass on the kernel path.
+pub fn geglu(h: &Tensor) -> Result<Tensor> {
+    let inner = h.dim(candle_core::D::Minus1)? / 2;
+    if use_kernels(h) {
+        return h.contiguous()?.apply_op1_no_bwd(&GegluOp);
+    }
+    let value = h.narrow(candle_core::D::Minus1, 0, inner)?;
+    let gate = h.narrow(candle_core::D::Minus1, inner, inner)?.gelu_erf()?;
+    value * gate
+}
+
 /// `candle_nn::group_norm` returning our [`GroupNorm`].
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
     GroupNorm::new(groups, channels, eps, vb)
