@@ -300,7 +300,7 @@ impl candle_core::CustomOp1 for GegluOp {
         };
         let dims = l.shape().dims();
         let width = *dims.last().unwrap_or(&0);
-        if width % 2 != 0 {
+        if !width.is_multiple_of(2) {
             candle_core::bail!("geglu kernel: last dimension {width} is odd");
         }
         let inner = width / 2;
