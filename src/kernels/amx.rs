@@ -215,6 +215,31 @@ impl PackedB16 {
         Self { data, k, n, chunks }
     }
 
+    /// Batch item `b` of an f32 packer's B (`k` x `n`), all of it, packed in parallel: for a
+    /// product too narrow to give every thread its own columns, packing once and sharing beats
+    /// each M range packing its own copy.
+    pub fn from_packer(p: &dyn PackB, b: usize, k: usize, n: usize) -> Self {
+        let chunks = k.div_ceil(TK);
+        let tiles = n.div_ceil(2 * TN) * 2;
+        let mut data = Aligned::zeroed(tiles * chunks * TILE);
+        let group = NC / TN; // tiles per column block of NC
+        data.par_chunks_mut(group * chunks * TILE).enumerate().for_each(|(g, tiles)| {
+            let n0 = g * NC;
+            let nc = NC.min(n - n0);
+            let mut f = vec![0f32; TK * NC];
+            for c in 0..chunks {
+                let kk = TK.min(k - c * TK);
+                p.pack(b, c * TK, kk, n0, nc, &mut f);
+                // SAFETY: `available()` holds wherever the bf16 GEMM runs.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    to_vnni_chunk(&f, kk, nc, tiles, chunks, c)
+                };
+            }
+        });
+        Self { data, k, n, chunks }
+    }
+
     /// Start of tile `j` at chunk `c`.
     pub(crate) fn at(&self, j: usize, c: usize) -> *const u16 {
         self.data[(j * self.chunks + c) * TILE..].as_ptr()
@@ -592,6 +617,16 @@ pub(crate) fn with_scratch<R>(
 /// written straight in C would have rows a whole C row apart, which for N = 4096 puts all 16 of a
 /// tile's rows in the same L1 set.
 pub fn gemm_bf16(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut [f32], accumulate: bool) {
+    let threads = rayon::current_num_threads().max(1);
+    let want = match bsrc {
+        BSrc16::Pack(_) => 3 * threads,
+        BSrc16::Packed(_) => 8 * threads,
+    };
+    gemm_bf16_tasks(a, bsrc, batch, n, c, accumulate, want)
+}
+
+/// [`gemm_bf16`] aiming at `want` tasks (more M ranges when there are too few column blocks).
+fn gemm_bf16_tasks(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut [f32], accumulate: bool, want: usize) {
     let (m, k) = (a.m, a.k);
     assert!(c.len() >= batch * m * n);
     assert!(available(), "the bf16 GEMM needs AMX");
@@ -604,10 +639,18 @@ pub fn gemm_bf16(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut [f
     let threads = rayon::current_num_threads().max(1);
     let n_tiles = n.div_ceil(NC);
     let pairs = m.div_ceil(2 * TM);
-    let want = match bsrc {
-        BSrc16::Pack(_) => 3 * threads,
-        BSrc16::Packed(_) => 8 * threads,
-    };
+    if let BSrc16::Pack(p) = &bsrc {
+        if want.div_ceil(batch * n_tiles).min(pairs) >= 3 {
+            // So few column blocks that three or more M ranges would each pack all of B again:
+            // pack it once, shared, and split M in as few ranges as keep the threads busy.
+            for b in 0..batch {
+                let pb = PackedB16::from_packer(*p, b, k, n);
+                let cb = &mut c[b * m * n..(b + 1) * m * n];
+                gemm_bf16_tasks(a, BSrc16::Packed(&pb), 1, n, cb, accumulate, 2 * threads);
+            }
+            return;
+        }
+    }
     let m_chunks = if batch * n_tiles >= want { 1 } else { want.div_ceil(batch * n_tiles).min(pairs) };
     let pairs_per_chunk = pairs.div_ceil(m_chunks);
     let m_chunks = pairs.div_ceil(pairs_per_chunk);
@@ -755,8 +798,9 @@ mod tests {
         if !available() {
             return;
         }
+        // (320, 36, 256, 1) and (100, 300, 40, 2) are narrow enough for B to be packed once and shared.
         for &(m, k, n, batch) in
-            &[(1, 1, 1, 1), (33, 45, 70, 2), (64, 1100, 300, 1), (17, 600, 33, 3), (320, 36, 256, 1)]
+            &[(1, 1, 1, 1), (33, 45, 70, 2), (64, 1100, 300, 1), (17, 600, 33, 3), (320, 36, 256, 1), (100, 300, 40, 2)]
         {
             let a = matrix(m * k, 1 + m as u64);
             let b = matrix(batch * k * n, 7 + n as u64);
@@ -790,6 +834,12 @@ mod tests {
             gemm_bf16(&pa, BSrc16::Packed(&pb), 1, n, &mut c, true);
             let r = max_rel(&c, &reference(&a, &b[..k * n], &c0[..m * n], m, k, n));
             assert!(r < 2e-6, "packed {m}x{k}x{n}: {r}");
+            // B stored by columns (a weight matrix [N, K], or attention's keys).
+            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let mut c = c0[..m * n].to_vec();
+            gemm_bf16(&pa, BSrc16::Packed(&PackedB16::new(&bt, k, n, 1, k)), 1, n, &mut c, true);
+            let r = max_rel(&c, &reference(&a, &b[..k * n], &c0[..m * n], m, k, n));
+            assert!(r < 2e-6, "packed by columns {m}x{k}x{n}: {r}");
             // Overwriting: C's old values do not count.
             let mut c = c0[..m * n].to_vec();
             gemm_bf16(&pa, BSrc16::Packed(&pb), 1, n, &mut c, false);
