@@ -4,7 +4,9 @@
 #
 #   tools/bench_compare.sh                 # f32, 3 timed runs each after a warm-up
 #   RUNS=5 tools/bench_compare.sh
-#   BF16=1 tools/bench_compare.sh          # adds PyTorch bf16 rows (and ours in bf16)
+#   BF16=1 tools/bench_compare.sh          # adds bf16 rows, both sides: UNet and VAE (PyTorch with
+#                                          # bf16 weights; ours bf16 products on AMX), and with EDIT=1
+#                                          # the 10-step edit (the reference under CPU autocast)
 #   QUICK=1 tools/bench_compare.sh         # UNet 1x4x32x32 and CLIP only
 #   EDIT=1 tools/bench_compare.sh          # adds whole edits at 256x256: 10 steps (ours, reference)
 #                                          # and the tutorial's 50 steps (ours, reference, diffusers'
@@ -32,6 +34,10 @@ if [ -n "${EDIT:-}" ]; then
     echo "== edit 256x256, $steps steps" >&2
     "$BIN" bench edit --size 256 --steps "$steps" --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
     "$PY" tools/bench_torch.py edit --size 256 --steps "$steps" --runs 1 2>/dev/null | grep '^{' >> "$OUT"
+    if [ -n "${BF16:-}" ] && [ "$steps" = 10 ]; then
+      "$BIN" bench edit --size 256 --steps "$steps" --dtype bf16 --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
+      "$PY" tools/bench_torch.py edit --size 256 --steps "$steps" --dtype bf16 --runs 1 2>/dev/null | grep '^{' >> "$OUT"
+    fi
   done
   "$PY" tools/bench_torch.py edit-diffusers --size 256 --steps 50 --runs 1 2>/dev/null | grep '^{' >> "$OUT"
 fi
@@ -39,9 +45,9 @@ for c in "${cases[@]}"; do
   echo "== $c" >&2
   "$BIN" bench $c --dtype f32 --runs "$RUNS" --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
   "$PY" tools/bench_torch.py $c --dtype f32 --runs "$RUNS" 2>/dev/null | grep '^{' >> "$OUT"
-  if [ -n "${BF16:-}" ] && [[ "$c" == unet* ]]; then
+  if [ -n "${BF16:-}" ] && [[ "$c" == unet* || "$c" == vae* ]]; then
     "$PY" tools/bench_torch.py $c --dtype bf16 --runs "$RUNS" 2>/dev/null | grep '^{' >> "$OUT"
-    "$BIN" bench $c --dtype bf16 --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT" || true
+    "$BIN" bench $c --dtype bf16 --runs "$RUNS" --json | sed 's/^{/{"impl":"ours",/' >> "$OUT" || true
   fi
 done
 
@@ -51,9 +57,10 @@ recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 edits = [r for r in recs if r["what"].startswith("edit")]
 recs = [r for r in recs if not r["what"].startswith("edit")]
 for r in edits:
-    ref = next((t for t in edits if t["what"] == "edit" and t.get("impl") == "torch" and t["steps"] == r["steps"]), None)
+    ref = next((t for t in edits if t["what"] == "edit" and t.get("impl") == "torch" and t["steps"] == r["steps"]
+                and t.get("dtype", "f32") == r.get("dtype", "f32")), None)
     ratio = f"{r['median_s'] / ref['median_s']:.2f}x reference" if ref and r is not ref else ""
-    print(f"{r['what']:15} {r.get('impl', ''):6} {'x'.join(map(str, r['size']))} {r['steps']:3} steps: {r['median_s']:8.2f} s, "
+    print(f"{r['what']:15} {r.get('impl', ''):6} {r.get('dtype', 'f32'):5} {'x'.join(map(str, r['size']))} {r['steps']:3} steps: {r['median_s']:8.2f} s, "
           f"{r['unet_evaluations']} UNet rows, peak {r['peak_rss_mb']:.0f} MiB {ratio}")
 key = lambda r: (r["what"], tuple(r["shape"]))
 ours = {(key(r), r["dtype"]): r for r in recs if r.get("impl") == "ours"}

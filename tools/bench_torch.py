@@ -6,9 +6,10 @@ the same shapes, timed the same way (one warm-up, median of N), one JSON line pe
   /work/venv-ref/bin/python tools/bench_torch.py vae --latent 64 [--encode] --dtype f32
   /work/venv-ref/bin/python tools/bench_torch.py clip --dtype f32
   /work/venv-ref/bin/python tools/bench_torch.py flops   # FlopCounterMode totals, for checking ours
-  /work/venv-ref/bin/python tools/bench_torch.py edit --size 256 --steps 10 --runs 1
+  /work/venv-ref/bin/python tools/bench_torch.py edit --size 256 --steps 10 --runs 1 [--dtype bf16]
         # one whole edit with ../shared/reference/seed_reference.py's functions (the PyTorch
-        # reference of the same algorithm, exact alignment, tutorial settings) on random SD 1.5
+        # reference of the same algorithm, exact alignment, tutorial settings) on random SD 1.5;
+        # bf16 runs it under CPU autocast
   /work/venv-ref/bin/python tools/bench_torch.py edit-diffusers --size 256 --runs 1
         # diffusers' StableDiffusionDiffEditPipeline at its defaults (generate_mask, invert, __call__;
         # 50 steps, CFG 7.5 in all three stages) on the same random SD 1.5
@@ -128,7 +129,10 @@ def bench_edit(a):
             pipe(prompt=target, mask_image=mask, image_latents=inv, num_inference_steps=steps,
                  negative_prompt=source, generator=g)
         rows = lambda steps, n: 4 * n + 4 * int(0.8 * steps)
-    with torch.inference_mode():
+    # bf16: the reference code under CPU autocast (bf16 products, f32 elsewhere), the way a
+    # PyTorch user runs it in bf16 on a CPU; the random model itself stays f32.
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+    with torch.inference_mode(), amp:
         t0 = time.perf_counter()
         edit(2, 1)
         warm = time.perf_counter() - t0
