@@ -14,10 +14,11 @@
 //!
 //! Blocking follows [`super::gemm`]: tasks of [`NC`] columns (times an M range, times the batch)
 //! on rayon's pool, K in blocks of [`KC`]; a convolution's B comes from the same im2col packers
-//! as the f32 GEMM (in f32, 32 k at a time so it stays in L1) and is converted to bf16 pairs.
-//! Each call of the micro-kernel adds one K block's product to a 32 x 32 block of the task's
-//! scratch sums held in the four C tiles; the sums are added to C at the end, so C may be
-//! prefilled (bias, residual).
+//! as the f32 GEMM (in f32, 32 k at a time so it stays in L1) and is converted to bf16 pairs
+//! (or, when there are too few column blocks to go round, all of B once, shared). Each call of
+//! the micro-kernel adds one K block's product to a 32 x 32 block of C held in the four C tiles:
+//! read from C on the first K block (C may be prefilled: bias, residual), kept in a per-task
+//! scratch in between, written to C on the last.
 
 use std::sync::OnceLock;
 
@@ -41,8 +42,8 @@ pub const NC: usize = 256;
 const _: () = assert!(KC.is_multiple_of(TK) && NC.is_multiple_of(2 * TN) && NC.is_multiple_of(NR) && NR == 2 * TN);
 
 /// Whether the tile units can be used: the CPU has AMX-TILE, AMX-BF16 and AVX-512 (with BW and
-/// BF16, for the conversions), and Linux
-/// granted this process the tile state (asked once; a kernel without AMX support refuses).
+/// BF16, for the conversions), and Linux granted this process the tile state (asked once; a
+/// kernel without AMX support refuses).
 pub fn available() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
@@ -612,10 +613,10 @@ pub(crate) fn with_scratch<R>(
 /// operands in bf16, sums in f32; with `accumulate` false `C_b = A * B_b` (C's values unread).
 /// Needs [`available`].
 ///
-/// Each task sums its rows x [`NC`] columns of the product in a scratch block laid out tile by
-/// tile (every C tile 1 KiB contiguous) over all of K, then adds it to C once: tiles read and
-/// written straight in C would have rows a whole C row apart, which for N = 4096 puts all 16 of a
-/// tile's rows in the same L1 set.
+/// Each task keeps its rows x [`NC`] columns of the sums between K blocks in a scratch block
+/// laid out tile by tile (every C tile 1 KiB contiguous): tiles read and written in C on every K
+/// block would have rows a whole C row apart, which for N = 4096 puts all 16 of a tile's rows in
+/// the same L1 set. C itself is read once (first block) and written once (last block).
 pub fn gemm_bf16(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut [f32], accumulate: bool) {
     let threads = rayon::current_num_threads().max(1);
     let want = match bsrc {
