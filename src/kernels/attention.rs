@@ -1,14 +1,22 @@
-//! Attention `softmax(q k^T * scale) v` in blocks of query rows: each task computes the scores of
-//! [`QB`] queries against all keys (a few hundred KiB, in cache), takes the softmax in place and
-//! multiplies by `v`, so the `Lq x Lk` score matrix never exists as a whole (SD 1.5 at 64x64
-//! latents: 4096 x 4096 per head).
+//! Attention `softmax(q k^T * scale) v` in blocks of query rows, so the `Lq x Lk` score matrix
+//! never exists as a whole (SD 1.5 at 64x64 latents: 4096 x 4096 per head).
+//!
+//! f32 ([`attention_f32`]): each task takes [`QB`] queries and keeps their scores transposed,
+//! `S^T = K Q^T` (keys down the rows, one query per column, a few hundred KiB, in cache), so that
+//! both products run on the AVX-512 GEMM of [`super::gemm`] with their big operand packed once per
+//! head: K for the scores, V^T for `out^T = V^T P^T`, whose B is the probabilities' rows as they
+//! are. The softmax runs down the columns. bf16 ([`attention_bf16`]): the same blocks on the tile
+//! units.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-/// Query rows per task.
+use super::gemm::{gemm_serial, BSrc, PackB, PackedA, NR};
+
+/// Query rows per task (a multiple of the GEMM's column panel).
 pub const QB: usize = 64;
+
+const _: () = assert!(QB.is_multiple_of(NR));
 
 struct AttentionOp {
     scale: f32,
@@ -25,6 +33,41 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+/// B = Q_blk^T for the scores: `B[k][j] = q[j][k]` for the block's `rows` queries (zero past them).
+struct QueriesT<'a> {
+    q: &'a [f32],
+    rows: usize,
+    d: usize,
+}
+
+impl PackB for QueriesT<'_> {
+    fn pack(&self, _b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
+        for p in 0..nc.div_ceil(NR) {
+            for kk in 0..kc {
+                let dst = &mut buf[p * kc * NR + kk * NR..][..NR];
+                for (l, v) in dst.iter_mut().enumerate() {
+                    let j = n0 + p * NR + l;
+                    *v = if j < self.rows && p * NR + l < nc { self.q[j * self.d + k0 + kk] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// B = P^T as the scores block holds it: `B[k][j] = block[k * QB + j]`.
+struct ProbsT<'a>(&'a [f32]);
+
+impl PackB for ProbsT<'_> {
+    fn pack(&self, _b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
+        for p in 0..nc.div_ceil(NR) {
+            for kk in 0..kc {
+                let src = &self.0[(k0 + kk) * QB + n0 + p * NR..][..NR];
+                buf[p * kc * NR + kk * NR..][..NR].copy_from_slice(src);
+            }
+        }
+    }
+}
 
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
@@ -48,76 +91,43 @@ impl CustomOp3 for AttentionOp {
             candle_core::bail!("attention kernel: shapes {:?} {:?} {:?}", l1.shape(), l2.shape(), l3.shape());
         }
         let mut out = vec![0f32; n * lq * dv];
+        if n == 0 || lq == 0 || lk == 0 || d == 0 || dv == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((n, lq, dv))));
+        }
+        // Per head: K as the scores' A, V^T as the output's A.
+        let packed: Vec<(PackedA, PackedA)> = (0..n)
+            .into_par_iter()
+            .map(|h| {
+                (
+                    PackedA::new(&k[h * lk * d..(h + 1) * lk * d], lk, d, d, 1),
+                    PackedA::new(&v[h * lk * dv..(h + 1) * lk * dv], dv, lk, 1, dv),
+                )
+            })
+            .collect();
         let blocks = lq.div_ceil(QB);
         let optr = OutPtr(out.as_mut_ptr());
         let scale = self.scale;
         (0..n * blocks).into_par_iter().for_each_init(
-            || vec![0f32; QB * lk],
-            |scores, t| {
+            || (vec![0f32; lk * QB], vec![0f32; dv * QB], Vec::new()),
+            |(scores, acc, buf), t| {
                 let optr = optr;
                 let (h, blk) = (t / blocks, t % blocks);
                 let q0 = blk * QB;
                 let rows = QB.min(lq - q0);
-                let qh = &q[(h * lq + q0) * d..];
-                let kh = &k[h * lk * d..];
-                let vh = &v[h * lk * dv..];
-                unsafe {
-                    // scores[rows, lk] = q_blk[rows, d] * k^T[d, lk]; the scale goes into the exp
-                    gemm(
-                        rows,
-                        lk,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        lk as isize,
-                        false,
-                        qh.as_ptr(),
-                        1,
-                        d as isize,
-                        kh.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                let mut inv = [0f32; QB];
-                for (r, row) in scores.chunks_mut(lk).take(rows).enumerate() {
-                    // The caller has checked AVX-512 (kernels::enabled).
-                    inv[r] = 1.0 / unsafe { super::vmath::softmax_exp_row(row, scale) };
-                }
-                let o = unsafe { optr.0.add((h * lq + q0) * dv) };
-                unsafe {
-                    // out_blk[rows, dv] = p[rows, lk] * v[lk, dv]
-                    gemm(
-                        rows,
-                        dv,
-                        lk,
-                        o,
-                        1,
-                        dv as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        lk as isize,
-                        vh.as_ptr(),
-                        1,
-                        dv as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                    for (r, &f) in inv.iter().enumerate().take(rows) {
-                        for c in 0..dv {
-                            *o.add(r * dv + c) *= f;
-                        }
+                let (kp, vtp) = &packed[h];
+                let qt = QueriesT { q: &q[(h * lq + q0) * d..], rows, d };
+                scores.fill(0.0);
+                gemm_serial(kp, BSrc::Pack(&qt), QB, scores, buf);
+                let mut sums = [0f32; QB];
+                // SAFETY: the caller has checked AVX-512 (kernels::enabled).
+                unsafe { super::vmath::softmax_exp_columns(scores, lk, QB, scale, &mut sums) };
+                acc.fill(0.0);
+                gemm_serial(vtp, BSrc::Pack(&ProbsT(scores)), QB, acc, buf);
+                for r in 0..rows {
+                    let inv = 1.0 / sums[r];
+                    for c in 0..dv {
+                        // SAFETY: row q0 + r of head h, disjoint between tasks.
+                        unsafe { *optr.0.add((h * lq + q0 + r) * dv + c) = acc[c * QB + r] * inv };
                     }
                 }
             },

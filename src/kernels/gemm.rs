@@ -134,36 +134,68 @@ pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32
             let mc = t % m_chunks;
             let nt = (t / m_chunks) % n_tiles;
             let b = t / (m_chunks * n_tiles);
-            let n0 = nt * NC;
-            let nc = NC.min(n - n0);
             let p0 = mc * panels_per_chunk;
             let p1 = (p0 + panels_per_chunk).min(m_panels);
-            let c_b = unsafe { out.0.add(b * m * n) };
-            let mut k0 = 0;
-            while k0 < k {
-                let kc = KC.min(k - k0);
-                if let BSrc::Pack(p) = &bsrc {
-                    p.pack(b, k0, kc, n0, nc, buf);
-                }
-                for p in p0..p1 {
-                    let rows = MR.min(m - p * MR);
-                    let ap = a.panel(p, k0);
-                    for j in 0..nc.div_ceil(NR) {
-                        let cols = NR.min(nc - j * NR);
-                        let bp = match &bsrc {
-                            BSrc::Pack(_) => &buf[j * kc * NR..],
-                            BSrc::Packed(pb) => &pb.data[(n0 / NR + j) * k * NR + k0 * NR..],
-                        };
-                        unsafe {
-                            let cp = c_b.add(p * MR * n + n0 + j * NR);
-                            micro(kc, ap.as_ptr(), bp.as_ptr(), cp, n, rows, cols);
-                        }
-                    }
-                }
-                k0 += kc;
-            }
+            // SAFETY: tasks write disjoint tiles (batch item, column tile, panel range) of C.
+            unsafe { tile_task(a, &bsrc, b, out.0.add(b * m * n), n, nt * NC, p0..p1, buf) };
         },
     );
+}
+
+/// `C_0 += A * B_0` (one batch item) on the calling thread, for products too small to be worth
+/// spreading, or already inside a parallel task (attention's blocks).
+pub fn gemm_serial(a: &PackedA, bsrc: BSrc, n: usize, c: &mut [f32], buf: &mut Vec<f32>) {
+    assert!(c.len() >= a.m * n);
+    if a.m == 0 || n == 0 || a.k == 0 {
+        return;
+    }
+    if matches!(bsrc, BSrc::Pack(_)) && buf.len() < KC * NC {
+        buf.resize(KC * NC, 0.0);
+    }
+    for n0 in (0..n).step_by(NC) {
+        // SAFETY: `c` holds the whole M x N product.
+        unsafe { tile_task(a, &bsrc, 0, c.as_mut_ptr(), n, n0, 0..a.m.div_ceil(MR), buf) };
+    }
+}
+
+/// Columns `n0 .. n0 + NC` of `C_b += A * B_b` for the A panels `panels`, K block by K block.
+///
+/// # Safety
+/// `c_b` is batch item b's C (M x N, row stride N); no other thread writes these tiles.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_task(
+    a: &PackedA,
+    bsrc: &BSrc,
+    b: usize,
+    c_b: *mut f32,
+    n: usize,
+    n0: usize,
+    panels: std::ops::Range<usize>,
+    buf: &mut [f32],
+) {
+    let (m, k) = (a.m, a.k);
+    let nc = NC.min(n - n0);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        if let BSrc::Pack(p) = bsrc {
+            p.pack(b, k0, kc, n0, nc, buf);
+        }
+        for p in panels.clone() {
+            let rows = MR.min(m - p * MR);
+            let ap = a.panel(p, k0);
+            for j in 0..nc.div_ceil(NR) {
+                let cols = NR.min(nc - j * NR);
+                let bp = match bsrc {
+                    BSrc::Pack(_) => &buf[j * kc * NR..],
+                    BSrc::Packed(pb) => &pb.data[(n0 / NR + j) * k * NR + k0 * NR..],
+                };
+                let cp = c_b.add(p * MR * n + n0 + j * NR);
+                micro(kc, ap.as_ptr(), bp.as_ptr(), cp, n, rows, cols);
+            }
+        }
+        k0 += kc;
+    }
 }
 
 /// One register tile: `C[rows x cols] += Ap (kc x MR) * Bp (kc x NR)`.

@@ -69,6 +69,34 @@ pub unsafe fn softmax_exp_row(row: &mut [f32], scale: f32) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
+/// The softmax numerators down the columns of a row-major `rows` x `cols` block (`cols` a
+/// multiple of 16): `x = exp(scale * (x - max of its column))` in place; `sums[c]` gets column
+/// c's sum. (Attention keeps its scores transposed, keys down the rows, one query per column.)
+///
+/// # Safety
+/// The CPU must support AVX-512F; `block` holds `rows * cols` values, `sums` `cols`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn softmax_exp_columns(block: &mut [f32], rows: usize, cols: usize, scale: f32, sums: &mut [f32]) {
+    assert!(cols.is_multiple_of(16) && block.len() >= rows * cols && sums.len() >= cols);
+    let p = block.as_mut_ptr();
+    let sv = _mm512_set1_ps(scale);
+    for c in (0..cols).step_by(16) {
+        let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
+        for r in 0..rows {
+            mv = _mm512_max_ps(mv, _mm512_loadu_ps(p.add(r * cols + c)));
+        }
+        let off = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), sv), mv);
+        let mut acc = _mm512_setzero_ps();
+        for r in 0..rows {
+            let e = exp16(_mm512_fmadd_ps(_mm512_loadu_ps(p.add(r * cols + c)), sv, off));
+            _mm512_storeu_ps(p.add(r * cols + c), e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        _mm512_storeu_ps(sums.as_mut_ptr().add(c), acc);
+    }
+}
+
 /// `dst[i] = silu(src[i] * scale + shift)`.
 ///
 /// # Safety
