@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use crate::kernels::{self, Linear};
 
 use crate::error::Error;
 use crate::models::config::parse_config;
@@ -195,10 +197,10 @@ impl SelfAttention {
     fn new(vb: VarBuilder, config: &ClipTextConfig) -> Result<Self> {
         let d = config.hidden_size;
         Ok(Self {
-            q_proj: candle_nn::linear(d, d, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(d, d, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(d, d, vb.pp("v_proj"))?,
-            out_proj: candle_nn::linear(d, d, vb.pp("out_proj"))?,
+            q_proj: kernels::linear(d, d, vb.pp("q_proj"))?,
+            k_proj: kernels::linear(d, d, vb.pp("k_proj"))?,
+            v_proj: kernels::linear(d, d, vb.pp("v_proj"))?,
+            out_proj: kernels::linear(d, d, vb.pp("out_proj"))?,
             heads: config.num_attention_heads,
             head_dim: d / config.num_attention_heads,
         })
@@ -236,8 +238,8 @@ impl EncoderLayer {
             layer_norm1: candle_nn::layer_norm(d, eps, vb.pp("layer_norm1"))?,
             self_attn: SelfAttention::new(vb.pp("self_attn"), config)?,
             layer_norm2: candle_nn::layer_norm(d, eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(d, config.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(config.intermediate_size, d, vb.pp("mlp.fc2"))?,
+            fc1: kernels::linear(d, config.intermediate_size, vb.pp("mlp.fc1"))?,
+            fc2: kernels::linear(config.intermediate_size, d, vb.pp("mlp.fc2"))?,
             activation,
         })
     }
