@@ -29,6 +29,32 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// The operands of an attention op, checked: `q [N, Lq, d]`, `k [N, Lk, d]`, `v [N, Lk, dv]`.
+struct Operands<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    n: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    dv: usize,
+}
+
+fn operands<'a>(
+    q: (&'a CpuStorage, &Layout),
+    k: (&'a CpuStorage, &Layout),
+    v: (&'a CpuStorage, &Layout),
+) -> Result<Operands<'a>> {
+    let (n, lq, d) = q.1.shape().dims3()?;
+    let (nk, lk, dk) = k.1.shape().dims3()?;
+    let (nv, lv, dv) = v.1.shape().dims3()?;
+    if nk != n || nv != n || dk != d || lv != lk {
+        candle_core::bail!("attention kernel: shapes {:?} {:?} {:?}", q.1.shape(), k.1.shape(), v.1.shape());
+    }
+    Ok(Operands { q: slice(q.0, q.1)?, k: slice(k.0, k.1)?, v: slice(v.0, v.1)?, n, lq, lk, d, dv })
+}
+
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
@@ -83,13 +109,7 @@ impl CustomOp3 for AttentionOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (n, lq, d) = l1.shape().dims3()?;
-        let (nk, lk, dk) = l2.shape().dims3()?;
-        let (nv, lv, dv) = l3.shape().dims3()?;
-        if nk != n || nv != n || dk != d || lv != lk {
-            candle_core::bail!("attention kernel: shapes {:?} {:?} {:?}", l1.shape(), l2.shape(), l3.shape());
-        }
+        let Operands { q, k, v, n, lq, lk, d, dv } = operands((s1, l1), (s2, l2), (s3, l3))?;
         let mut out = vec![0f32; n * lq * dv];
         if n == 0 || lq == 0 || lk == 0 || d == 0 || dv == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((n, lq, dv))));
@@ -159,13 +179,7 @@ impl CustomOp3 for AttentionBf16Op {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         use super::amx::{self, CTiles, PackedA16, PackedB16, TILE, TK, TM};
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (n, lq, d) = l1.shape().dims3()?;
-        let (nk, lk, dk) = l2.shape().dims3()?;
-        let (nv, lv, dv) = l3.shape().dims3()?;
-        if nk != n || nv != n || dk != d || lv != lk {
-            candle_core::bail!("attention kernel: shapes {:?} {:?} {:?}", l1.shape(), l2.shape(), l3.shape());
-        }
+        let Operands { q, k, v, n, lq, lk, d, dv } = operands((s1, l1), (s2, l2), (s3, l3))?;
         if !amx::available() {
             candle_core::bail!("attention kernel: bf16 products need a CPU with AMX");
         }
