@@ -156,13 +156,6 @@ impl PackedConv {
         Ok(Self { a, c_out, c_in, kh, kw, p })
     }
 
-    pub fn precision(&self) -> MatmulPrecision {
-        match self.a {
-            Weights::F32(_) => MatmulPrecision::F32,
-            Weights::Bf16(_) => MatmulPrecision::Bf16,
-        }
-    }
-
     /// `out += W * B`, or `out = W * B` when `out` is a fresh zeroed buffer (`prefilled` false).
     fn gemm(&self, b: &dyn PackB, batch: usize, n: usize, out: &mut [f32], prefilled: bool) {
         match &self.a {

@@ -35,13 +35,6 @@ impl PackedLinear {
         Ok(Self { b, d_in, d_out })
     }
 
-    pub fn precision(&self) -> MatmulPrecision {
-        match self.b {
-            Weights::F32(_) => MatmulPrecision::F32,
-            Weights::Bf16(_) => MatmulPrecision::Bf16,
-        }
-    }
-
     fn run(&self, x: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
         let xs = match (x.0, x.1.contiguous_offsets()) {
             (CpuStorage::F32(d), Some((a, b))) => &d[a..b],
