@@ -39,6 +39,6 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
 /// Asserts rel_l2(actual, expected) <= tol, printing the figure either way.
 pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
     let err = rel_l2(actual, expected);
-    eprintln!("{name}: rel_l2 {err:.3e} (tol {tol:.0e})");
-    assert!(err <= tol, "{name}: relative L2 error {err:.3e} > {tol:.0e}");
+    eprintln!("{name}: rel_l2 {err:.3e} (tol {tol:.1e})");
+    assert!(err <= tol, "{name}: relative L2 error {err:.3e} > {tol:.1e}");
 }
