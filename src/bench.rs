@@ -334,9 +334,9 @@ pub fn peak_rss_mb() -> f64 {
 pub struct Timing {
     pub what: String,
     pub dtype: String,
-    /// How the matrix products ran: `bf16` on the CPU's tile units for `--dtype bf16` where the
-    /// CPU has AMX (the tensors between them f32), else the dtype's own.
-    pub matmul: String,
+    /// Whether the matrix products ran on the CPU's tile units (`--dtype bf16` on a CPU with AMX:
+    /// bf16 products, f32 tensors between them) rather than in the dtype's own arithmetic.
+    pub tile_units: bool,
     pub shape: Vec<usize>,
     pub warmup_s: f64,
     pub times_s: Vec<f64>,
@@ -380,12 +380,21 @@ fn round(x: f64, digits: i32) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn timing(what: &str, dtype: DType, shape: Vec<usize>, flops: f64, build_s: f64, warm: f64, times: Vec<f64>) -> Timing {
+fn timing(
+    what: &str,
+    dtype: DType,
+    matmul: MatmulPrecision,
+    shape: Vec<usize>,
+    flops: f64,
+    build_s: f64,
+    warm: f64,
+    times: Vec<f64>,
+) -> Timing {
     let med = median(&times);
     Timing {
         what: what.into(),
         dtype: format!("{dtype:?}").to_lowercase(),
-        matmul: matmul_name(dtype),
+        tile_units: matmul == MatmulPrecision::Bf16,
         shape,
         warmup_s: round(warm, 4),
         times_s: times.iter().map(|t| round(*t, 4)).collect(),
@@ -395,14 +404,6 @@ fn timing(what: &str, dtype: DType, shape: Vec<usize>, flops: f64, build_s: f64,
         peak_rss_mb: round(peak_rss_mb(), 1),
         build_s: round(build_s, 2),
         threads: rayon::current_num_threads(),
-    }
-}
-
-/// What the matrix products of a `dtype` run on the CPU are ([`kernels::compute_mode`]).
-fn matmul_name(dtype: DType) -> String {
-    match kernels::compute_mode(&Device::Cpu, dtype) {
-        (_, MatmulPrecision::Bf16) => "bf16".into(),
-        (t, MatmulPrecision::F32) => format!("{t:?}").to_lowercase(),
     }
 }
 
@@ -427,7 +428,7 @@ pub fn bench_unet(
     let ctx = Tensor::randn(0f32, 1.0, (batch, 77, ctx_dim), device)?.to_dtype(tensors)?;
     let (warm, times) = time_runs(device, runs, || unet.forward(&x, 500.0, &ctx))?;
     let flops = unet_flops(&cfg, batch, h, w, 77);
-    Ok(timing("unet", dtype, vec![batch, cfg.in_channels, h, w], flops, build_s, warm, times))
+    Ok(timing("unet", dtype, matmul, vec![batch, cfg.in_channels, h, w], flops, build_s, warm, times))
 }
 
 /// VAE decode from `[batch, 4, h, w]` latents, or encode of a `[batch, 3, 8h, 8w]` image.
@@ -453,12 +454,12 @@ pub fn bench_vae(
         let x = Tensor::rand(-1f32, 1.0, (batch, cfg.in_channels, ih, iw), device)?.to_dtype(tensors)?;
         let (warm, times) = time_runs(device, runs, || vae.encode(&x).map(|d| d.mean))?;
         let flops = vae_encode_flops(&cfg, batch, ih, iw);
-        Ok(timing("vae_encode", dtype, vec![batch, cfg.in_channels, ih, iw], flops, build_s, warm, times))
+        Ok(timing("vae_encode", dtype, matmul, vec![batch, cfg.in_channels, ih, iw], flops, build_s, warm, times))
     } else {
         let z = Tensor::randn(0f32, 1.0, (batch, cfg.latent_channels, h, w), device)?.to_dtype(tensors)?;
         let (warm, times) = time_runs(device, runs, || vae.decode(&z))?;
         let flops = vae_decode_flops(&cfg, batch, h, w);
-        Ok(timing("vae_decode", dtype, vec![batch, cfg.latent_channels, h, w], flops, build_s, warm, times))
+        Ok(timing("vae_decode", dtype, matmul, vec![batch, cfg.latent_channels, h, w], flops, build_s, warm, times))
     }
 }
 
@@ -476,7 +477,7 @@ pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> c
     let ids = Tensor::from_vec(ids, (batch, l), device)?;
     let (warm, times) = time_runs(device, runs, || clip.forward(&ids))?;
     let flops = clip_flops(&cfg, batch, l);
-    Ok(timing("clip_text", dtype, vec![batch, l], flops, build_s, warm, times))
+    Ok(timing("clip_text", dtype, matmul, vec![batch, l], flops, build_s, warm, times))
 }
 
 /// The whole-edit benchmark's result: wall time of `DiffEdit::edit` (prompts, VAE encode, mask,

@@ -190,11 +190,13 @@ pub fn run(args: &EditArgs) -> Result<()> {
     let (mh, mw, mask) = image_io::map_values(&result.mask.mask)?;
     let picture = if args.keep_background {
         // The mask the decoding used: the soft one when the mask was blurred.
-        let (ph, pw, paste_mask) = match &soft_mask {
-            Some(soft) => image_io::map_values(soft)?,
-            None => (mh, mw, mask.clone()),
-        };
-        paste_edit(original, &edited, &paste_mask, ph, pw)?
+        match &soft_mask {
+            Some(soft) => {
+                let (sh, sw, values) = image_io::map_values(soft)?;
+                paste_edit(original, &edited, &values, sh, sw)?
+            }
+            None => paste_edit(original, &edited, &mask, mh, mw)?,
+        }
     } else {
         resize(&edited, ow as usize, oh as usize)
     };
