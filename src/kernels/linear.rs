@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::amx::{gemm_bf16, BSrc16, PackedA16, PackedB16};
-use super::gemm::{gemm_packed, BSrc, PackedA, PackedB};
+use super::gemm::{gemm_rows, PackedB};
 use super::MatmulPrecision;
 
 /// The packed weights, in the precision the products run in.
@@ -63,9 +63,7 @@ impl PackedLinear {
         };
         let mut out = out;
         match &self.b {
-            Weights::F32(b) => {
-                gemm_packed(&PackedA::new(xs, m, d_in, d_in, 1), BSrc::Packed(b), 1, self.d_out, &mut out)
-            }
+            Weights::F32(b) => gemm_rows(xs, m, d_in, d_in, b, &mut out),
             Weights::Bf16(b) => {
                 let a = PackedA16::new(xs, m, d_in, d_in, 1);
                 gemm_bf16(&a, BSrc16::Packed(b), 1, self.d_out, &mut out, bias.is_some())
