@@ -180,15 +180,20 @@ pub fn gemm_rows(a: &[f32], m: usize, k: usize, rs: usize, b: &PackedB, c: &mut 
         return;
     }
     let threads = rayon::current_num_threads().max(1);
-    // N in equal chunks of whole micro-panels, at most NC_ROWS wide.
-    let n_panels = n.div_ceil(NR);
-    let n_chunks = n.div_ceil(NC_ROWS);
-    let panels_per_n = n_panels.div_ceil(n_chunks);
-    let n_chunks = n_panels.div_ceil(panels_per_n);
-    let m_panels = m.div_ceil(MR);
-    let m_chunks = (8 * threads).div_ceil(n_chunks).min(m_panels);
+    let want = 8 * threads;
+    // Tasks are (M chunk x N chunk). Each task streams its N chunk of B (the weights) through
+    // L2 once per K block for all its A panels, so an M chunk keeps at least MIN_PANELS panels
+    // where M allows it, and the tasks a short M (77 text tokens) cannot fill come from cutting
+    // N finer: split over M alone, each weight was read for 12 rows and the product waited on L3.
+    const MIN_PANELS: usize = 8;
+    let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let n_min = n.div_ceil(NC_ROWS);
+    let m_chunks = want.div_ceil(n_min).min((m_panels / MIN_PANELS).max(1));
     let panels_per_m = m_panels.div_ceil(m_chunks);
     let m_chunks = m_panels.div_ceil(panels_per_m);
+    let n_chunks = want.div_ceil(m_chunks).max(n_min).min(n_panels);
+    let panels_per_n = n_panels.div_ceil(n_chunks);
+    let n_chunks = n_panels.div_ceil(panels_per_n);
     let out = OutPtr(c.as_mut_ptr());
     (0..m_chunks * n_chunks).into_par_iter().for_each(|t| {
         let out = out;
