@@ -4,8 +4,9 @@
 //! f32 ([`attention_f32`]): each task takes [`QB`] queries and keeps their scores transposed,
 //! `S^T = K Q^T` (keys down the rows, one query per column, a few hundred KiB, in cache), so that
 //! both products run on the AVX-512 GEMM of [`super::gemm`] with their big operand packed once per
-//! head: K for the scores, V^T for `out^T = V^T P^T`, whose B is the probabilities' rows as they
-//! are. The softmax runs down the columns. bf16 ([`attention_bf16`]): the same blocks on the tile
+//! head: K for the scores, V^T for `out^T = V^T P^T`, whose B is the probabilities' rows read
+//! where the softmax left them (`BSrc::InPlace`, no packing). Both products write their output
+//! rather than add to it, so neither buffer is zeroed first. The softmax runs down the columns. bf16 ([`attention_bf16`]): the same blocks on the tile
 //! units.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -81,20 +82,6 @@ impl PackB for QueriesT<'_> {
     }
 }
 
-/// B = P^T as the scores block holds it: `B[k][j] = block[k * QB + j]`.
-struct ProbsT<'a>(&'a [f32]);
-
-impl PackB for ProbsT<'_> {
-    fn pack(&self, _b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
-        for p in 0..nc.div_ceil(NR) {
-            for kk in 0..kc {
-                let src = &self.0[(k0 + kk) * QB + n0 + p * NR..][..NR];
-                buf[p * kc * NR + kk * NR..][..NR].copy_from_slice(src);
-            }
-        }
-    }
-}
-
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "diffedit-attention"
@@ -136,13 +123,11 @@ impl CustomOp3 for AttentionOp {
                 let rows = QB.min(lq - q0);
                 let (kp, vtp) = &packed[h];
                 let qt = QueriesT { q: &q[(h * lq + q0) * d..], rows, d };
-                scores.fill(0.0);
-                gemm_serial(kp, BSrc::Pack(&qt), QB, scores, buf);
+                gemm_serial(kp, BSrc::Pack(&qt), QB, scores, buf, false);
                 let mut sums = [0f32; QB];
                 // SAFETY: the caller has checked AVX-512 (kernels::enabled).
                 unsafe { super::vmath::softmax_exp_columns(scores, lk, QB, scale, &mut sums) };
-                acc.fill(0.0);
-                gemm_serial(vtp, BSrc::Pack(&ProbsT(scores)), QB, acc, buf);
+                gemm_serial(vtp, BSrc::InPlace { data: scores, ldb: QB }, QB, acc, buf, false);
                 for r in 0..rows {
                     let inv = 1.0 / sums[r];
                     for c in 0..dv {

@@ -103,6 +103,10 @@ pub enum BSrc<'a> {
     Pack(&'a dyn PackB),
     /// Packed beforehand (weights).
     Packed(&'a PackedB),
+    /// Read where it lies: row-major `[K, N]` with rows `ldb` apart, `ldb` a multiple of [`NR`]
+    /// and at least N rounded up to it (the kernel reads whole panels; the columns past N only
+    /// feed sums that are never stored). Attention's probabilities, already laid out this way.
+    InPlace { data: &'a [f32], ldb: usize },
 }
 
 /// Shares the output between tasks that write disjoint tiles of it.
@@ -125,7 +129,7 @@ pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32
     // packs its own copy of B (prepacked B costs nothing to share, so split more freely).
     let want = match bsrc {
         BSrc::Pack(_) => 3 * threads,
-        BSrc::Packed(_) => 8 * threads,
+        BSrc::Packed(_) | BSrc::InPlace { .. } => 8 * threads,
     };
     let m_chunks = if batch * n_tiles >= want { 1 } else { want.div_ceil(batch * n_tiles).min(m_panels) };
     let panels_per_chunk = m_panels.div_ceil(m_chunks);
@@ -143,15 +147,21 @@ pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32
             let p0 = mc * panels_per_chunk;
             let p1 = (p0 + panels_per_chunk).min(m_panels);
             // SAFETY: tasks write disjoint tiles (batch item, column tile, panel range) of C.
-            unsafe { tile_task(a, &bsrc, b, out.0.add(b * m * n), n, nt * NC, p0..p1, buf) };
+            unsafe { tile_task(a, &bsrc, b, out.0.add(b * m * n), n, nt * NC, p0..p1, buf, true) };
         },
     );
 }
 
 /// `C_0 += A * B_0` (one batch item) on the calling thread, for products too small to be worth
-/// spreading, or already inside a parallel task (attention's blocks).
-pub fn gemm_serial(a: &PackedA, bsrc: BSrc, n: usize, c: &mut [f32], buf: &mut Vec<f32>) {
+/// spreading, or already inside a parallel task (attention's blocks). With `accumulate` false,
+/// `C_0 = A * B_0`: C's contents are never read, so it needs no zeroing first.
+pub fn gemm_serial(a: &PackedA, bsrc: BSrc, n: usize, c: &mut [f32], buf: &mut Vec<f32>, accumulate: bool) {
     assert!(c.len() >= a.m * n);
+    if let BSrc::InPlace { data, ldb } = bsrc {
+        assert!(
+            ldb.is_multiple_of(NR) && ldb >= n.div_ceil(NR) * NR && data.len() >= (a.k - 1) * ldb + n.div_ceil(NR) * NR
+        );
+    }
     if a.m == 0 || n == 0 || a.k == 0 {
         return;
     }
@@ -160,7 +170,7 @@ pub fn gemm_serial(a: &PackedA, bsrc: BSrc, n: usize, c: &mut [f32], buf: &mut V
     }
     for n0 in (0..n).step_by(NC) {
         // SAFETY: `c` holds the whole M x N product.
-        unsafe { tile_task(a, &bsrc, 0, c.as_mut_ptr(), n, n0, 0..a.m.div_ceil(MR), buf) };
+        unsafe { tile_task(a, &bsrc, 0, c.as_mut_ptr(), n, n0, 0..a.m.div_ceil(MR), buf, accumulate) };
     }
 }
 
@@ -256,7 +266,8 @@ unsafe fn micro_rows(
     }
 }
 
-/// Columns `n0 .. n0 + NC` of `C_b += A * B_b` for the A panels `panels`, K block by K block.
+/// Columns `n0 .. n0 + NC` of `C_b += A * B_b` for the A panels `panels`, K block by K block
+/// (`C_b = A * B_b` without `accumulate`: the first K block writes C instead of adding to it).
 ///
 /// # Safety
 /// `c_b` is batch item b's C (M x N, row stride N); no other thread writes these tiles.
@@ -270,6 +281,7 @@ unsafe fn tile_task(
     n0: usize,
     panels: std::ops::Range<usize>,
     buf: &mut [f32],
+    accumulate: bool,
 ) {
     let (m, k) = (a.m, a.k);
     let nc = NC.min(n - n0);
@@ -284,54 +296,70 @@ unsafe fn tile_task(
             let ap = a.panel(p, k0);
             for j in 0..nc.div_ceil(NR) {
                 let cols = NR.min(nc - j * NR);
-                let bp = match bsrc {
-                    BSrc::Pack(_) => &buf[j * kc * NR..],
-                    BSrc::Packed(pb) => &pb.data[(n0 / NR + j) * k * NR + k0 * NR..],
+                let (bp, ldb) = match bsrc {
+                    BSrc::Pack(_) => (&buf[j * kc * NR..], NR),
+                    BSrc::Packed(pb) => (&pb.data[(n0 / NR + j) * k * NR + k0 * NR..], NR),
+                    BSrc::InPlace { data, ldb } => (&data[k0 * ldb + n0 + j * NR..], *ldb),
                 };
                 let cp = c_b.add(p * MR * n + n0 + j * NR);
-                micro(kc, ap.as_ptr(), bp.as_ptr(), cp, n, rows, cols);
+                micro(kc, ap.as_ptr(), bp.as_ptr(), ldb, cp, n, rows, cols, accumulate || k0 > 0);
             }
         }
         k0 += kc;
     }
 }
 
-/// One register tile: `C[rows x cols] += Ap (kc x MR) * Bp (kc x NR)`.
+/// One register tile: `C[rows x cols] += Ap (kc x MR) * Bp (kc x NR)`, or `=` without `add`.
 ///
 /// # Safety
-/// `ap` holds `kc * MR` floats, `bp` `kc * NR`, and `c` is valid for `rows` rows of `ldc`
-/// stride with `cols` columns each.
+/// `ap` holds `kc * MR` floats, `bp` `kc` rows of NR floats `ldb` apart, and `c` is valid for
+/// `rows` rows of `ldc` stride with `cols` columns each.
+#[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+unsafe fn micro(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     {
-        micro_avx512(kc, ap, bp, c, ldc, rows, cols)
+        micro_avx512(kc, ap, bp, ldb, c, ldc, rows, cols, add)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        micro_generic(kc, ap, bp, c, ldc, rows, cols)
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_generic(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
-    for r in 0..rows {
-        for col in 0..cols {
-            let mut s = 0f32;
-            for kk in 0..kc {
-                s += *ap.add(kk * MR + r) * *bp.add(kk * NR + col);
+        for r in 0..rows {
+            for col in 0..cols {
+                let mut s = 0f32;
+                for kk in 0..kc {
+                    s += *ap.add(kk * MR + r) * *bp.add(kk * ldb + col);
+                }
+                let cr = c.add(r * ldc + col);
+                *cr = if add { *cr + s } else { s };
             }
-            *c.add(r * ldc + col) += s;
         }
     }
 }
 
-/// `C[rows x cols] += acc`, the register tile's sums: a macro, so the 24 accumulators stay in
-/// registers (a function taking them by reference spills them to the stack).
+/// `C[rows x cols] += acc` (`= acc` when `add` is false), the register tile's sums: a macro, so
+/// the 24 accumulators stay in registers (a function taking them by reference spills them).
 #[cfg(target_arch = "x86_64")]
 macro_rules! store_tile {
-    ($acc:ident, $c:ident, $ldc:ident, $rows:ident, $cols:ident) => {
-        if $cols == NR {
+    ($acc:ident, $c:ident, $ldc:ident, $rows:ident, $cols:ident, $add:ident) => {
+        if !$add {
+            let m0: __mmask16 = if $cols >= 16 { 0xffff } else { ((1u32 << $cols) - 1) as __mmask16 };
+            let m1: __mmask16 = if $cols <= 16 { 0 } else { ((1u32 << ($cols - 16)) - 1) as __mmask16 };
+            for r in 0..$rows {
+                let cr = $c.add(r * $ldc);
+                _mm512_mask_storeu_ps(cr, m0, $acc[r][0]);
+                _mm512_mask_storeu_ps(cr.add(16), m1, $acc[r][1]);
+            }
+        } else if $cols == NR {
             for r in 0..$rows {
                 let cr = $c.add(r * $ldc);
                 _mm512_storeu_ps(cr, _mm512_add_ps(_mm512_loadu_ps(cr), $acc[r][0]));
@@ -373,7 +401,18 @@ fn prefetch_tile(c: *const f32, ldc: usize, rows: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx512(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+) {
     use std::arch::x86_64::*;
     let z = _mm512_setzero_ps();
     let mut acc = [[z; 2]; MR];
@@ -381,8 +420,8 @@ unsafe fn micro_avx512(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, l
     let mut b = bp;
     prefetch_tile(c, ldc, rows);
     for _ in 0..kc {
-        prefetch(b.wrapping_add(B_AHEAD * NR));
-        prefetch(b.wrapping_add(B_AHEAD * NR + 16));
+        prefetch(b.wrapping_add(B_AHEAD * ldb));
+        prefetch(b.wrapping_add(B_AHEAD * ldb + 16));
         prefetch(a.wrapping_add(A_AHEAD * MR));
         let b0 = _mm512_loadu_ps(b);
         let b1 = _mm512_loadu_ps(b.add(16));
@@ -393,9 +432,9 @@ unsafe fn micro_avx512(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, l
             acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
         }
         a = a.add(MR);
-        b = b.add(NR);
+        b = b.add(ldb);
     }
-    store_tile!(acc, c, ldc, rows, cols);
+    store_tile!(acc, c, ldc, rows, cols, add);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -449,7 +488,8 @@ unsafe fn micro_rows_avx512(
         }
         b = b.add(NR);
     }
-    store_tile!(acc, c, ldc, rows, cols);
+    let add = true;
+    store_tile!(acc, c, ldc, rows, cols, add);
 }
 
 #[cfg(test)]
@@ -469,8 +509,8 @@ mod tests {
             .collect()
     }
 
-    /// `gemm_rows` (A read in place, with a row stride wider than K) and `gemm_packed` (A packed)
-    /// against sums in f64, on shapes with partial register tiles, several K blocks and, for
+    /// `gemm_rows` (A read in place, with a row stride wider than K), `gemm_packed` (A packed)
+    /// and `gemm_serial` writing C from B in place, against sums in f64, on shapes with partial register tiles, several K blocks and, for
     /// `gemm_rows`, several column chunks; C starts non-zero to check that both add to it.
     #[test]
     fn products_match_f64_sums() {
@@ -488,7 +528,20 @@ mod tests {
             let mut rows = c0.clone();
             gemm_rows(&a, m, k, rs, &pb, &mut rows);
             let mut packed = c0.clone();
-            gemm_packed(&PackedA::new(&a, m, k, rs, 1), BSrc::Packed(&pb), 1, n, &mut packed);
+            let pa = PackedA::new(&a, m, k, rs, 1);
+            gemm_packed(&pa, BSrc::Packed(&pb), 1, n, &mut packed);
+            // B in place, rows a panel wider than needed; C starts as NaN, which writing it
+            // (`accumulate` false) must not read.
+            let ldb = n.div_ceil(NR) * NR + NR;
+            let mut b_rows = vec![f32::NAN; (k - 1) * ldb + n.div_ceil(NR) * NR];
+            for kk in 0..k {
+                b_rows[kk * ldb..kk * ldb + n].copy_from_slice(&b[kk * n..(kk + 1) * n]);
+            }
+            let mut written = vec![f32::NAN; m * n];
+            gemm_serial(&pa, BSrc::InPlace { data: &b_rows, ldb }, n, &mut written, &mut Vec::new(), false);
+            for (x, w) in written.iter_mut().zip(&c0) {
+                *x += w;
+            }
             for i in 0..m {
                 for j in 0..n {
                     let (mut want, mut scale) = (c0[i * n + j] as f64, c0[i * n + j].abs() as f64);
@@ -497,7 +550,9 @@ mod tests {
                         want += p;
                         scale += p.abs();
                     }
-                    for (name, got) in [("gemm_rows", &rows), ("gemm_packed", &packed)] {
+                    for (name, got) in
+                        [("gemm_rows", &rows), ("gemm_packed", &packed), ("gemm_serial in place", &written)]
+                    {
                         let err = (got[i * n + j] as f64 - want).abs();
                         assert!(
                             err <= 1e-6 * scale,
