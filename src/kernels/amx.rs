@@ -751,19 +751,6 @@ fn gemm_bf16_tasks(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut 
 mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random matrix in [-1, 1).
-    fn matrix(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     /// The product of the operands rounded to bf16, summed in f64: what the GEMM must give up to
     /// f32 rounding of its sums.
     fn reference(a: &[f32], b: &[f32], c0: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -803,9 +790,9 @@ mod tests {
         for &(m, k, n, batch) in
             &[(1, 1, 1, 1), (33, 45, 70, 2), (64, 1100, 300, 1), (17, 600, 33, 3), (320, 36, 256, 1), (100, 300, 40, 2)]
         {
-            let a = matrix(m * k, 1 + m as u64);
-            let b = matrix(batch * k * n, 7 + n as u64);
-            let c0 = matrix(batch * m * n, 11);
+            let a = crate::kernels::test_matrix(m * k, 1 + m as u64);
+            let b = crate::kernels::test_matrix(batch * k * n, 7 + n as u64);
+            let c0 = crate::kernels::test_matrix(batch * m * n, 11);
             let pa = PackedA16::new(&a, m, k, k, 1);
             // Through the packer path: a B already laid out as [K, N] per batch item.
             struct Dense<'a>(&'a [f32], usize, usize);

@@ -350,7 +350,7 @@ unsafe fn micro(
 /// the 24 accumulators stay in registers (a function taking them by reference spills them).
 #[cfg(target_arch = "x86_64")]
 macro_rules! store_tile {
-    ($acc:ident, $c:ident, $ldc:ident, $rows:ident, $cols:ident, $add:ident) => {
+    ($acc:ident, $c:ident, $ldc:ident, $rows:ident, $cols:ident, $add:expr) => {
         if !$add {
             let m0: __mmask16 = if $cols >= 16 { 0xffff } else { ((1u32 << $cols) - 1) as __mmask16 };
             let m1: __mmask16 = if $cols <= 16 { 0 } else { ((1u32 << ($cols - 16)) - 1) as __mmask16 };
@@ -488,26 +488,12 @@ unsafe fn micro_rows_avx512(
         }
         b = b.add(NR);
     }
-    let add = true;
-    store_tile!(acc, c, ldc, rows, cols, add);
+    store_tile!(acc, c, ldc, rows, cols, true);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-1, 1) without a random-number dependency.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// `gemm_rows` (A read in place, with a row stride wider than K), `gemm_packed` (A packed)
     /// and `gemm_serial` writing C from B in place, against sums in f64, on shapes with partial register tiles, several K blocks and, for
@@ -521,9 +507,9 @@ mod tests {
         for &(m, k, n, rs) in
             &[(1, 1, 1, 1), (12, 256, 32, 256), (13, 257, 33, 300), (25, 600, 1100, 611), (7, 40, 2100, 40)]
         {
-            let a = values((m - 1) * rs + k, 1);
-            let b = values(k * n, 2);
-            let c0 = values(m * n, 3);
+            let a = crate::kernels::test_matrix((m - 1) * rs + k, 1);
+            let b = crate::kernels::test_matrix(k * n, 2);
+            let c0 = crate::kernels::test_matrix(m * n, 3);
             let pb = PackedB::new(&b, k, n, n, 1);
             let mut rows = c0.clone();
             gemm_rows(&a, m, k, rs, &pb, &mut rows);

@@ -337,6 +337,21 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
     GroupNorm::new(groups, channels, eps, vb)
 }
 
+/// A deterministic pseudo-random matrix in [-1, 1) for the kernels' unit tests (no random-number
+/// dependency, the same values on every machine).
+#[cfg(test)]
+pub(crate) fn test_matrix(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
