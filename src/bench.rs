@@ -541,8 +541,7 @@ pub fn random_sd15(
         vae_dtype: tensors,
         matmul,
         origins,
-        edit_defaults: Default::default(),
-        edit_defaults_file: None,
+        model_dir: None,
     })
 }
 

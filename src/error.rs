@@ -28,6 +28,9 @@ pub enum Error {
     /// An input image cannot be used.
     #[error("{}: {msg}", path.display())]
     Image { path: PathBuf, msg: String },
+    /// The computation was stopped on request (a cancelled job).
+    #[error("cancelled")]
+    Cancelled,
     /// Errors raised inside candle's tensor operations. Weight errors raised through our
     /// `VarBuilder` backend also arrive here, already naming file and tensor.
     #[error("{0}")]

@@ -33,6 +33,32 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     Ok(to_rgb_over_white(img))
 }
 
+/// Reads a mask picture as 8-bit grey levels (any size, any supported format). Colour is
+/// converted to luma; transparent pixels count as black (not to be edited), so a white-on-
+/// transparent mask from a painting program reads as drawn.
+pub fn load_gray(path: &Path) -> Result<image::GrayImage> {
+    let bad = |msg: String| Error::Image { path: path.to_path_buf(), msg };
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader =
+        ImageReader::new(std::io::BufReader::new(file)).with_guessed_format().map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
+    }
+    let img = reader.decode().map_err(|e| bad(format!("cannot decode mask picture: {e}")))?;
+    let (w, h) = img.dimensions();
+    if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE {
+        return Err(bad(format!("mask picture is {w}x{h}; each side must be at most {MAX_INPUT_SIDE} pixels")));
+    }
+    if !img.color().has_alpha() {
+        return Ok(img.to_luma8());
+    }
+    let la = img.to_luma_alpha8();
+    Ok(image::GrayImage::from_fn(w, h, |x, y| {
+        let p = la.get_pixel(x, y).0;
+        image::Luma([((p[0] as u32 * p[1] as u32 + 127) / 255) as u8])
+    }))
+}
+
 fn to_rgb_over_white(img: DynamicImage) -> RgbImage {
     if !img.color().has_alpha() {
         return img.to_rgb8();

@@ -10,7 +10,6 @@ use super::shared::{
 };
 use super::{default_out, ModelArgs, OutputArgs};
 use crate::diffedit::experiments::{check_sigma, compare, latents_to_image, prepare, standard_normal, Ledger, Stream};
-use crate::diffedit::DiffEdit;
 use crate::error::{Error, Result};
 use crate::image_io::{image_to_tensor, map_values};
 use crate::viz::{self, figure};
@@ -46,8 +45,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
-    let params = args.edit.params_for(&l.model)?;
-    let pipeline = DiffEdit::new(&l.model, params.clone())?;
+    let params = args.edit.params_for(&l.engine)?;
+    let pipeline = l.engine.pipeline(params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
     let img2img_noise = standard_normal(params.seed, Stream::Img2img, pipeline.latent_shape(l.width, l.height))?;
     let image = image_to_tensor(&l.processed)?;
@@ -55,7 +54,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let mut ledger = Ledger::default();
     let (source, target) = (&args.picture.source, &args.picture.target);
     let prepared = prepare(&pipeline, &image, source, target, &noise, &mut ledger, progress.as_ref())?;
-    warn_truncated(o, &l.model, &prepared.embeddings.truncated);
+    warn_truncated(o, l.engine.model(), &prepared.embeddings.truncated);
     let c = compare(&pipeline, &prepared, Some(&img2img_noise), args.mask_blur, &mut ledger, progress.as_ref())?;
 
     let style = figure::Style::default();

@@ -1,16 +1,15 @@
-//! `diffedit edit`.
+//! `diffedit edit`: argument parsing, then [`Engine::edit_picture`] once per target.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::shared::{check_outputs, check_prompts, edit_noise, load};
+use super::shared::{check_outputs, load_engine};
 use super::{default_out, path_str, ModelArgs, OutputArgs};
-use crate::diffedit::{experiments, Alignment, DiffEdit, EditParams, ModelEditDefaults};
+use crate::diffedit::engine::{check_prompts, Engine, MaskSpec, NoiseSource, PictureEdit, PictureResult};
+use crate::diffedit::{experiments, Alignment, EditParams, ModelEditDefaults};
 use crate::error::{Error, Result};
-use crate::image_io::{self, image_to_tensor, resize, save_image, tensor_to_image};
-use crate::models::loading::StableDiffusion;
-use crate::paste::paste_edit;
+use crate::image_io::{self, load_rgb, save_image};
 use crate::viz;
 
 #[derive(Args, Debug)]
@@ -21,9 +20,11 @@ pub struct EditArgs {
     /// What the picture shows now ("a horse on a grass field").
     #[arg(long)]
     pub source: String,
-    /// What it should show ("a zebra on a grass field").
-    #[arg(long)]
-    pub target: String,
+    /// What it should show ("a zebra on a grass field"). Repeat it for several edits of the same
+    /// picture: they share the mask's source half and the inversion, and each output file gets
+    /// the target's number as a suffix (OUT_1.png, OUT_2.png, ...).
+    #[arg(long, required = true, num_args = 1)]
+    pub target: Vec<String>,
     /// The edited picture (default: IN_edit.png next to the input).
     #[arg(long, value_name = "OUT.png")]
     pub out: Option<PathBuf>,
@@ -31,7 +32,9 @@ pub struct EditArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub edit: EditFlags,
-    /// Write the binary mask at the picture's size.
+    #[command(flatten)]
+    pub mask: MaskFlags,
+    /// Write the mask the decoding used, at the picture's size.
     #[arg(long, value_name = "PATH")]
     pub save_mask: Option<PathBuf>,
     /// Write the normalised difference map in a colour map.
@@ -52,9 +55,6 @@ pub struct EditArgs {
     /// Write the decoding's intermediates (every 10 steps and the last), decoded, as a strip.
     #[arg(long, value_name = "PATH")]
     pub save_steps: Option<PathBuf>,
-    /// Decode with the mask blurred by a Gaussian of this sigma (latent cells): a soft mask.
-    #[arg(long, value_name = "SIGMA", allow_negative_numbers = true)]
-    pub mask_blur: Option<f64>,
     /// Paste the edit into the input picture: outside the mask and a feathered band around it,
     /// every pixel is the input's own at its full size, instead of the VAE's reconstruction
     /// resized (which is what the reference writes).
@@ -64,7 +64,7 @@ pub struct EditArgs {
     pub output: OutputArgs,
 }
 
-/// The tutorial's parameters as flags.
+/// The tutorial's parameters as flags, shared by the edit and experiment commands.
 #[derive(Args, Debug, Clone)]
 pub struct EditFlags {
     /// DDIM inference steps.
@@ -99,6 +99,25 @@ pub struct EditFlags {
     pub mask_batch_size: usize,
 }
 
+/// The mask and guidance options of `edit` and `batch`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MaskFlags {
+    /// Decode with this mask instead of computing one (a picture of any size; white where the
+    /// picture may change, any grey above half counts; resized to the latent grid).
+    #[arg(long, value_name = "FILE.png")]
+    pub mask: Option<PathBuf>,
+    /// Grow the mask (computed or given) by this many pixels of the input picture.
+    #[arg(long, value_name = "PX", allow_negative_numbers = true)]
+    pub mask_dilate: Option<f64>,
+    /// Decode with the mask blurred by a Gaussian of this sigma (latent cells): a soft mask.
+    #[arg(long, value_name = "SIGMA", allow_negative_numbers = true)]
+    pub mask_blur: Option<f64>,
+    /// Replaces the empty prompt of the decoding's guidance (and of the inversion's when its
+    /// guidance is above 1).
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+}
+
 impl EditFlags {
     /// The parameters with the tutorial's defaults for flags left out (checked before any model
     /// loads, so that a bad flag fails at once).
@@ -106,10 +125,10 @@ impl EditFlags {
         self.params_with(&ModelEditDefaults::default())
     }
 
-    /// The parameters for `model`: flags left out take the model folder's `diffedit.json`, then the
-    /// tutorial's defaults.
-    pub fn params_for(&self, model: &StableDiffusion) -> Result<EditParams> {
-        self.params_with(&model.edit_defaults)
+    /// The parameters for the engine's model: flags left out take the model folder's
+    /// `diffedit.json`, then the tutorial's defaults.
+    pub fn params_for(&self, engine: &Engine) -> Result<EditParams> {
+        self.params_with(engine.edit_defaults())
     }
 
     fn params_with(&self, model: &ModelEditDefaults) -> Result<EditParams> {
@@ -131,12 +150,67 @@ impl EditFlags {
     }
 }
 
+impl MaskFlags {
+    /// The mask options of an edit (reads the given mask picture): (mask, dilation px, blur).
+    pub fn mask_options(&self) -> Result<(MaskSpec, f64, Option<f64>)> {
+        if let Some(sigma) = self.mask_blur {
+            experiments::check_sigma(sigma)?;
+        }
+        let dilate = self.mask_dilate.unwrap_or(0.0);
+        if !(dilate.is_finite() && dilate >= 0.0) {
+            return Err(Error::invalid(format!("--mask-dilate must be a finite number of pixels >= 0, got {dilate}")));
+        }
+        let mask = match &self.mask {
+            Some(path) => MaskSpec::Given(image_io::load_gray(path)?),
+            None => MaskSpec::Automatic,
+        };
+        Ok((mask, dilate, self.mask_blur))
+    }
+
+    /// The whole edit request for `source` -> `target` with these flags and `params`; `mask` is
+    /// what [`MaskFlags::mask_options`] read (read once for several targets).
+    pub fn picture_edit(
+        &self,
+        mask: &(MaskSpec, f64, Option<f64>),
+        source: &str,
+        target: &str,
+        params: EditParams,
+    ) -> PictureEdit {
+        PictureEdit {
+            mask: mask.0.clone(),
+            mask_dilate_px: mask.1,
+            mask_blur: mask.2,
+            negative_prompt: self.negative_prompt.clone(),
+            ..PictureEdit::new(source, target, params)
+        }
+    }
+}
+
+/// The outputs of target `index` (0-based) of `count`: `path` itself for a single target, else
+/// `stem_<index+1>.ext`.
+pub fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
+    if count <= 1 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let name = match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}_{}.{ext}", index + 1),
+        None => format!("{stem}_{}", index + 1),
+    };
+    path.with_file_name(name)
+}
+
 pub fn run(args: &EditArgs) -> Result<()> {
     // Checked before the model loads, so a bad flag fails at once.
-    args.edit.params()?;
-    check_prompts(&args.source, &args.target)?;
+    let flag_params = args.edit.params()?;
+    let mask = args.mask.mask_options()?;
+    for target in &args.target {
+        check_prompts(&args.source, target)?;
+        args.mask.picture_edit(&mask, &args.source, target, flag_params.clone()).check()?;
+    }
     let out_path = args.out.clone().unwrap_or_else(|| default_out(&args.image, "edit"));
-    let outputs: Vec<(&str, &Path)> = [
+    let count = args.target.len();
+    let named: Vec<(&str, &Path)> = [
         ("--out", Some(out_path.as_path())),
         ("--save-mask", args.save_mask.as_deref()),
         ("--save-heatmap", args.save_heatmap.as_deref()),
@@ -147,119 +221,137 @@ pub fn run(args: &EditArgs) -> Result<()> {
     .into_iter()
     .filter_map(|(flag, p)| p.map(|p| (flag, p)))
     .collect();
-    check_outputs(&outputs)?;
-    if let Some(sigma) = args.mask_blur {
-        experiments::check_sigma(sigma)?;
-    }
+    check_outputs(&named)?;
     if let Some(noise) = &args.noise {
         if !noise.is_file() {
             return Err(Error::io(noise, std::io::Error::new(std::io::ErrorKind::NotFound, "noise file not found")));
         }
     }
+    let size = args.size.as_deref().map(image_io::parse_size).transpose()?;
+    let original = load_rgb(&args.image)?;
 
     let o = &args.output;
-    let loaded = load(&args.model, Some(&args.image), args.size.as_deref(), o)?;
-    let (model, original, processed) = (&loaded.model, &loaded.original, &loaded.processed);
-    let (width, height, load_s) = (loaded.width, loaded.height, loaded.load_s);
-    let params = args.edit.params_for(model)?;
-    let pipeline = DiffEdit::new(model, params.clone())?;
-    let noise = edit_noise(&pipeline, &params, args.noise.as_deref(), &loaded)?;
-    let image = image_to_tensor(processed)?;
+    let (engine, load_s) = load_engine(&args.model, o, crate::diffedit::engine::DEFAULT_CACHE_MB)?;
+    let params = args.edit.params_for(&engine)?;
+    let prepared = engine.prepare_picture(original, size)?;
     let progress = o.progress();
-    let (result, soft_mask) = match args.mask_blur {
-        Some(sigma) => {
-            let (r, soft) = experiments::edit_with_blurred_mask(
-                &pipeline,
-                &image,
-                &args.source,
-                &args.target,
-                &noise,
-                sigma,
-                progress.as_ref(),
-            )?;
-            (r, Some(soft))
+    let mut summaries = Vec::with_capacity(count);
+    for (index, target) in args.target.iter().enumerate() {
+        let mut edit = args.mask.picture_edit(&mask, &args.source, target, params.clone());
+        edit.size = size;
+        edit.keep_background = args.keep_background;
+        if let Some(noise) = &args.noise {
+            edit.noise = NoiseSource::File(noise.clone());
         }
-        None => (pipeline.edit(&image, &args.source, &args.target, &noise, progress.as_ref())?, None),
-    };
-    for p in &result.embeddings.truncated {
-        o.say(format!("warning: prompt longer than {} tokens was truncated: {p:?}", model.tokenizer.max_length()));
-    }
-
-    let (ow, oh) = original.dimensions();
-    let edited = tensor_to_image(&result.decoded)?;
-    let (mh, mw, mask) = image_io::map_values(&result.mask.mask)?;
-    let picture = if args.keep_background {
-        // The mask the decoding used: the soft one when the mask was blurred.
-        match &soft_mask {
-            Some(soft) => {
-                let (sh, sw, values) = image_io::map_values(soft)?;
-                paste_edit(original, &edited, &values, sh, sw)?
-            }
-            None => paste_edit(original, &edited, &mask, mh, mw)?,
+        if count > 1 {
+            o.say(format!("target {}/{count}: {target:?}", index + 1));
         }
-    } else {
-        resize(&edited, ow as usize, oh as usize)
-    };
-    save_image(&picture, &out_path)?;
-    let mut written = vec![path_str(&out_path)];
-    if let Some(p) = &args.save_mask {
-        let picture = match &soft_mask {
-            Some(soft) => {
-                let (sh, sw, values) = image_io::map_values(soft)?;
-                viz::figure::gray_image(&values, sh, sw, ow, oh)
-            }
-            None => viz::mask_image(&mask, mh, mw, ow, oh),
-        };
-        save_image(&picture, p)?;
-        written.push(path_str(p));
+        let result = engine.edit_prepared(&prepared, &edit, progress.as_ref())?;
+        for p in &result.output.embeddings.truncated {
+            o.say(format!(
+                "warning: prompt longer than {} tokens was truncated: {p:?}",
+                engine.model().tokenizer.max_length()
+            ));
+        }
+        let out = |p: &Path| numbered(p, index, count);
+        let written = write_outputs(args, &engine, &edit, &result, &prepared.original, &out(&out_path), &out)?;
+        o.say(format!("mask covers {:.1}% of the picture; wrote {}", result.coverage * 100.0, written.join(", ")));
+        summaries.push(summary(args, &engine, &edit, &result, written, load_s));
     }
-    if let Some(p) = &args.save_heatmap {
-        let (h, w, values) = image_io::map_values(&result.mask.normalized)?;
-        save_image(&viz::heatmap_image(&values, h, w, ow, oh), p)?;
-        written.push(path_str(p));
-    }
-    if let Some(p) = &args.save_overlay {
-        save_image(&viz::overlay_image(original, &mask, mh, mw), p)?;
-        written.push(path_str(p));
-    }
-    if let Some(p) = &args.save_steps {
-        save_steps_strip(&pipeline, &result, p)?;
-        written.push(path_str(p));
-    }
-    if let Some(p) = &args.trace {
-        crate::trace::write_trace(&result, p)?;
-        written.push(path_str(p));
-    }
-    let coverage = viz::coverage(&mask);
-    o.say(format!("mask covers {:.1}% of the picture; wrote {}", coverage * 100.0, written.join(", ")));
     if o.json {
-        let summary = serde_json::json!({
-            "command": "edit",
-            "files": written,
-            "input_size": [ow, oh],
-            "processing_size": [width, height],
-            "mask_coverage": coverage,
-            "keep_background": args.keep_background,
-            "mask_timestep": result.mask.timestep,
-            "unet_evaluations": result.unet_evaluations,
-            "timings_s": {
-                "load": load_s,
-                "encode": result.timings.encode_s,
-                "mask": result.timings.mask_s,
-                "inversion": result.timings.inversion_s,
-                "decoding": result.timings.decoding_s,
-                "vae_decode": result.timings.vae_decode_s,
-            },
-            "model": model.origins,
-            "params": params,
-        });
-        println!("{summary}");
+        let line = if count == 1 {
+            summaries.pop().expect("one target")
+        } else {
+            let total: u64 = summaries.iter().filter_map(|s| s["unet_evaluations"].as_u64()).sum();
+            serde_json::json!({
+                "command": "edit",
+                "edits": summaries,
+                "unet_evaluations": total,
+                "model": engine.model().origins,
+            })
+        };
+        println!("{line}");
     }
     Ok(())
 }
 
+/// Writes the picture and every file asked for; returns their paths.
+fn write_outputs(
+    args: &EditArgs,
+    engine: &Engine,
+    edit: &PictureEdit,
+    result: &PictureResult,
+    original: &image::RgbImage,
+    out_path: &Path,
+    out: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Vec<String>> {
+    save_image(&result.picture, out_path)?;
+    let mut written = vec![path_str(out_path)];
+    if let Some(p) = &args.save_mask {
+        save_image(&result.mask_image()?, &out(p))?;
+        written.push(path_str(&out(p)));
+    }
+    if let Some(p) = &args.save_heatmap {
+        save_image(&result.heatmap_image()?, &out(p))?;
+        written.push(path_str(&out(p)));
+    }
+    if let Some(p) = &args.save_overlay {
+        save_image(&result.overlay_image(original)?, &out(p))?;
+        written.push(path_str(&out(p)));
+    }
+    if let Some(p) = &args.save_steps {
+        let pipeline = engine.pipeline(edit.params.clone())?;
+        save_steps_strip(&pipeline, &result.output, &out(p))?;
+        written.push(path_str(&out(p)));
+    }
+    if let Some(p) = &args.trace {
+        crate::trace::write_trace(&result.output, &out(p))?;
+        written.push(path_str(&out(p)));
+    }
+    Ok(written)
+}
+
+/// The `--json` object of one target's edit.
+fn summary(
+    args: &EditArgs,
+    engine: &Engine,
+    edit: &PictureEdit,
+    result: &PictureResult,
+    written: Vec<String>,
+    load_s: f64,
+) -> serde_json::Value {
+    let r = &result.output;
+    serde_json::json!({
+        "command": "edit",
+        "target": edit.target,
+        "files": written,
+        "input_size": [result.input_size.0, result.input_size.1],
+        "processing_size": [result.processing_size.0, result.processing_size.1],
+        "mask_coverage": result.coverage,
+        "mask_given": matches!(edit.mask, MaskSpec::Given(_)),
+        "keep_background": args.keep_background,
+        "mask_timestep": r.mask.timestep,
+        "unet_evaluations": r.unet_evaluations,
+        "unet_evaluations_by_stage": r.evaluations,
+        "timings_s": {
+            "load": load_s,
+            "encode": r.timings.encode_s,
+            "mask": r.timings.mask_s,
+            "inversion": r.timings.inversion_s,
+            "decoding": r.timings.decoding_s,
+            "vae_decode": r.timings.vae_decode_s,
+        },
+        "model": engine.model().origins,
+        "params": edit.params,
+    })
+}
+
 /// The strip of `--save-steps`: the decoding's latents after every 10th step and the last, decoded.
-fn save_steps_strip(pipeline: &DiffEdit, result: &crate::diffedit::EditOutput, path: &Path) -> Result<()> {
+fn save_steps_strip(
+    pipeline: &crate::diffedit::DiffEdit,
+    result: &crate::diffedit::EditOutput,
+    path: &Path,
+) -> Result<()> {
     let s = result.decoded_latents.len() - 1;
     let style = viz::figure::Style::default();
     let tiles = experiments::saved_steps(s, 10)

@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 use super::edit::EditFlags;
 use super::{path_str, ModelArgs, OutputArgs};
-use crate::diffedit::{DiffEdit, Silent};
+use crate::diffedit::engine::DEFAULT_CACHE_MB;
+use crate::diffedit::Silent;
 use crate::error::{Error, Result};
 use crate::eval::{edits_for, evaluate_edit, grid_figure, EditRecord, Summary};
 use crate::image_io::{check_output_path, save_image, write_atomic};
@@ -152,11 +153,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let o = &args.output;
     let clock = Instant::now();
-    let model = model_args.load(o.quiet)?;
+    let engine = model_args.engine(o.quiet, DEFAULT_CACHE_MB)?;
+    let model = engine.model();
     o.say(format!("model: {} ({:.1} s)", model.origins.unet, clock.elapsed().as_secs_f64()));
-    let edits = edits_for(&model, args.limit, validation)?;
-    let params = args.edit.params_for(&model)?;
-    let pipeline = DiffEdit::new(&model, params.clone())?;
+    let edits = edits_for(model, args.limit, validation)?;
+    let params = args.edit.params_for(&engine)?;
+    let pipeline = engine.pipeline(params.clone())?;
     let clock = Instant::now();
     // Edits are independent and small (a 16x16 latent barely feeds one core's kernels), so they
     // run side by side on rayon's pool; each draws its own seeded noise, so the results do not

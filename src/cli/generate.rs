@@ -7,7 +7,7 @@ use clap::Args;
 use super::shared::{check_outputs, load, print_summary, warn_truncated, Written};
 use super::{ModelArgs, OutputArgs};
 use crate::diffedit::experiments::{encode_single, generate, latents_to_image, standard_normal, Ledger, Stream};
-use crate::diffedit::{DiffEdit, EditParams};
+use crate::diffedit::EditParams;
 use crate::error::{Error, Result};
 use crate::image_io;
 
@@ -50,11 +50,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, None, args.size.as_deref(), o)?;
-    let pipeline = DiffEdit::new(&l.model, params.clone())?;
+    let pipeline = l.engine.pipeline(params.clone())?;
     let mut ledger = Ledger::default();
     let prompt = ledger.run(&pipeline, "encode", || encode_single(&pipeline, &args.prompt, "--prompt"))?;
     if prompt.truncated {
-        warn_truncated(o, &l.model, std::slice::from_ref(&args.prompt));
+        warn_truncated(o, l.engine.model(), std::slice::from_ref(&args.prompt));
     }
     let noise = standard_normal(args.seed, Stream::Generation, pipeline.latent_shape(l.width, l.height))?;
     let progress = o.progress();

@@ -8,7 +8,7 @@ use clap::Args;
 use super::shared::{check_outputs, load, picture_tile, print_summary, warn_truncated, Written};
 use super::{default_out, ModelArgs, OutputArgs};
 use crate::diffedit::experiments::{encode_single, evenly_spaced, latents_to_image, psnr, reconstruct, Ledger};
-use crate::diffedit::{DiffEdit, EditParams, Noise, PromptEmbeddings};
+use crate::diffedit::{EditParams, Noise, PromptEmbeddings};
 use crate::error::{Error, Result};
 use crate::image_io::{self, image_to_tensor};
 use crate::viz::figure;
@@ -82,7 +82,7 @@ pub fn run(args: &InvertArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.image), args.size.as_deref(), o)?;
-    let pipeline = DiffEdit::new(&l.model, params.clone())?;
+    let pipeline = l.engine.pipeline(params.clone())?;
     let latent = pipeline.latent_shape(l.width, l.height);
     // The same VAE draw as `edit` with this seed (its mask noise comes after).
     let noise = Noise::seeded(args.seed, latent, 0)?;
@@ -95,7 +95,7 @@ pub fn run(args: &InvertArgs) -> Result<()> {
         Ok((prompt, latents))
     })?;
     if prompt.truncated {
-        warn_truncated(o, &l.model, std::slice::from_ref(&args.prompt));
+        warn_truncated(o, l.engine.model(), std::slice::from_ref(&args.prompt));
     }
     let emb = PromptEmbeddings {
         target: prompt.cond.clone(),

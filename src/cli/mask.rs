@@ -11,7 +11,6 @@ use super::shared::{
 };
 use super::{default_out, ModelArgs, OutputArgs};
 use crate::diffedit::experiments::{prepare, threshold_sweep, Ledger};
-use crate::diffedit::DiffEdit;
 use crate::error::{Error, Result};
 use crate::image_io::{image_to_tensor, map_values};
 use crate::viz::{self, figure};
@@ -53,15 +52,15 @@ pub fn run(args: &MaskArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
-    let params = args.edit.params_for(&l.model)?;
-    let pipeline = DiffEdit::new(&l.model, params.clone())?;
+    let params = args.edit.params_for(&l.engine)?;
+    let pipeline = l.engine.pipeline(params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
     let image = image_to_tensor(&l.processed)?;
     let progress = o.progress();
     let mut ledger = Ledger::default();
     let (source, target) = (&args.picture.source, &args.picture.target);
     let prepared = prepare(&pipeline, &image, source, target, &noise, &mut ledger, progress.as_ref())?;
-    warn_truncated(o, &l.model, &prepared.embeddings.truncated);
+    warn_truncated(o, l.engine.model(), &prepared.embeddings.truncated);
     // Every threshold reuses the one normalised difference: no further UNet evaluation.
     let sweep = threshold_sweep(&prepared.mask.normalized, &thresholds)?;
 

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::diffedit::engine::Engine;
 use crate::diffedit::{Progress, Silent};
 use crate::error::{Error, Result};
 use crate::models::hub::Fetcher;
@@ -128,15 +129,21 @@ impl ModelArgs {
         if let (false, Some(why)) = (quiet, choice.explain()) {
             eprintln!("{why}");
         }
-        let model = StableDiffusion::load(&spec, &fetcher, &device, dtype)?;
-        if let (false, Some(file)) = (quiet, &model.edit_defaults_file) {
+        StableDiffusion::load(&spec, &fetcher, &device, dtype)
+    }
+
+    /// [`ModelArgs::load`] into an [`Engine`] with a stage cache of `cache_mb`; says where the
+    /// model's recommended edit settings come from unless `quiet`.
+    pub fn engine(&self, quiet: bool, cache_mb: usize) -> Result<Engine> {
+        let engine = Engine::new(self.load(quiet)?, cache_mb)?;
+        if let (false, Some(file)) = (quiet, engine.edit_defaults_file()) {
             eprintln!(
                 "edit settings from {}: {} (flags given on the command line win)",
                 file.display(),
-                model.edit_defaults.describe()
+                engine.edit_defaults().describe()
             );
         }
-        Ok(model)
+        Ok(engine)
     }
 }
 

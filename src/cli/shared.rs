@@ -8,6 +8,7 @@ use clap::Args;
 use image::RgbImage;
 
 use super::{path_str, ModelArgs, OutputArgs};
+use crate::diffedit::engine::{check_prompts, Engine, DEFAULT_CACHE_MB};
 use crate::diffedit::experiments::Ledger;
 use crate::diffedit::{DiffEdit, EditParams, Noise};
 use crate::error::{Error, Result};
@@ -54,16 +55,6 @@ impl PictureArgs {
     }
 }
 
-pub fn check_prompts(source: &str, target: &str) -> Result<()> {
-    if source.trim().is_empty() {
-        return Err(Error::invalid("--source prompt is empty: describe the picture as it is"));
-    }
-    if target.trim().is_empty() {
-        return Err(Error::invalid("--target prompt is empty: describe the picture as it should become"));
-    }
-    Ok(())
-}
-
 /// Fails before any computation when an output cannot be written.
 pub fn check_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
     for (flag, p) in outputs {
@@ -85,11 +76,9 @@ pub fn parse_list(flag: &str, s: &str) -> Result<Vec<f64>> {
     Ok(values)
 }
 
-/// The model and the picture at its processing size.
+/// The engine (model, edit settings, stage cache) and the picture at its processing size.
 pub struct Loaded {
-    pub model: StableDiffusion,
-    /// The picture as read (black at the processing size when there is none).
-    pub original: RgbImage,
+    pub engine: Engine,
     /// The picture at the processing size.
     pub processed: RgbImage,
     pub width: usize,
@@ -102,14 +91,8 @@ pub struct Loaded {
 pub fn load(model: &ModelArgs, image: Option<&Path>, size: Option<&str>, o: &OutputArgs) -> Result<Loaded> {
     let requested = size.map(image_io::parse_size).transpose()?;
     let original = image.map(load_rgb).transpose()?;
-    o.say("loading model ...");
-    let clock = Instant::now();
-    let model = model.load(o.quiet)?;
-    let load_s = clock.elapsed().as_secs_f64();
-    o.say(format!(
-        "model: unet {}, vae {}, text encoder {}, scheduler {} ({load_s:.1} s)",
-        model.origins.unet, model.origins.vae, model.origins.text_encoder, model.origins.scheduler
-    ));
+    let (engine, load_s) = load_engine(model, o, DEFAULT_CACHE_MB)?;
+    let model = engine.model();
     let native = model.native_size();
     let (width, height) = match (requested, &original) {
         (Some(s), _) => s,
@@ -117,9 +100,26 @@ pub fn load(model: &ModelArgs, image: Option<&Path>, size: Option<&str>, o: &Out
         (None, None) => (native, native),
     };
     check_processing_size(width, height, model.vae_factor(), model.unet_factor(), native)?;
-    let original = original.unwrap_or_else(|| RgbImage::new(width as u32, height as u32));
-    let processed = resize(&original, width, height);
-    Ok(Loaded { model, original, processed, width, height, load_s })
+    let processed = match original {
+        Some(original) => resize(&original, width, height),
+        None => RgbImage::new(width as u32, height as u32),
+    };
+    Ok(Loaded { engine, processed, width, height, load_s })
+}
+
+/// Loads the model into an engine with a cache of `cache_mb`, saying which model and settings;
+/// returns it with the seconds it took.
+pub fn load_engine(model: &ModelArgs, o: &OutputArgs, cache_mb: usize) -> Result<(Engine, f64)> {
+    o.say("loading model ...");
+    let clock = Instant::now();
+    let engine = model.engine(o.quiet, cache_mb)?;
+    let load_s = clock.elapsed().as_secs_f64();
+    let m = engine.model();
+    o.say(format!(
+        "model: unet {}, vae {}, text encoder {}, scheduler {} ({load_s:.1} s)",
+        m.origins.unet, m.origins.vae, m.origins.text_encoder, m.origins.scheduler
+    ));
+    Ok((engine, load_s))
 }
 
 /// The edit's random draws: from `--noise`, or seeded.

@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{guided_prediction, Alignment, Denoiser, Progress, Stage};
+use super::{check_cancelled, guided_prediction, Alignment, Denoiser, Progress, Stage};
 use crate::scheduler::{ddim_step, DdimSchedule};
 
 /// The blend of a masked decoding: `x = mask*d + (1-mask)*inverted[index]` after each step.
@@ -65,6 +65,7 @@ pub fn ddim_decode(
     let mut x = start.clone();
     history.push(x.clone());
     for (i, &t) in ts.iter().enumerate() {
+        check_cancelled(progress)?;
         let out = guided_prediction(den, &x, t, emb_uncond, emb_cond, guidance)?;
         let d = ddim_step(schedule, &out, t, t - ratio, &x)?;
         x = match (blend, &inverse_mask) {

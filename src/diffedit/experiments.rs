@@ -13,8 +13,8 @@ use rand_distr::{Distribution, StandardNormal};
 use super::decode::{ddim_decode, decode_timesteps};
 use super::mask::{threshold_mask, MaskOutput};
 use super::params::python_int_of_product;
-use super::pipeline::{DiffEdit, EditOutput, Noise, PromptEmbeddings};
-use super::{guided_prediction, Alignment, Denoiser, Progress, Stage};
+use super::pipeline::{DiffEdit, Noise, PromptEmbeddings};
+use super::{check_cancelled, guided_prediction, Alignment, Denoiser, Progress, Stage};
 use crate::error::{Error, Result};
 use crate::image_io::tensor_to_image;
 use crate::scheduler::{add_noise, ddim_step};
@@ -158,6 +158,7 @@ pub fn plain_decode(
     let mut history = vec![start.clone()];
     let mut x = start.clone();
     for &t in ts {
+        check_cancelled(progress)?;
         let out = if guidance > 1.0 {
             guided_prediction(den, &x, t, emb_uncond, emb_cond, guidance)?
         } else {
@@ -310,28 +311,6 @@ pub struct Prepared {
     pub mask: MaskOutput,
 }
 
-/// Checks the noise against the picture and the parameters, as [`DiffEdit::edit`] does.
-pub fn check_noise(pipeline: &DiffEdit, image: &Tensor, noise: &Noise) -> Result<()> {
-    let (_, _, height, width) = image.dims4()?;
-    let (c, h, w) = pipeline.latent_shape(width, height);
-    if noise.vae_noise.dims() != [1, c, h, w] {
-        return Err(Error::invalid(format!(
-            "vae_noise has shape {:?}, expected {:?}",
-            noise.vae_noise.dims(),
-            [1, c, h, w]
-        )));
-    }
-    let n = pipeline.params.mask_samples;
-    if noise.mask_noise.dims() != [n, 1, c, h, w] {
-        return Err(Error::invalid(format!(
-            "mask_noise has shape {:?}, expected {:?}",
-            noise.mask_noise.dims(),
-            [n, 1, c, h, w]
-        )));
-    }
-    Ok(())
-}
-
 /// Encodes the prompts and `image` [1,3,H,W] and computes the mask, recording the stages
 /// "encode" and "mask" in `ledger`.
 pub fn prepare(
@@ -343,7 +322,7 @@ pub fn prepare(
     ledger: &mut Ledger,
     progress: &dyn Progress,
 ) -> Result<Prepared> {
-    check_noise(pipeline, image, noise)?;
+    pipeline.check_noise(image, noise)?;
     let (embeddings, latents) = ledger.run(pipeline, "encode", || {
         let embeddings = pipeline.encode_prompts(source, target)?;
         let latents = pipeline.encode_image(image, &noise.vae_noise)?;
@@ -501,34 +480,6 @@ pub fn compare(
 /// The VAE decoding of scaled latents as an 8-bit picture.
 pub fn latents_to_image(pipeline: &DiffEdit, latents: &Tensor) -> Result<RgbImage> {
     tensor_to_image(&pipeline.decode_latents(latents)?)
-}
-
-/// The whole edit with the hard mask replaced by its Gaussian blur of `sigma` latent cells.
-/// Returns the edit (its `mask` is still the hard one) and the soft mask it decoded with.
-pub fn edit_with_blurred_mask(
-    pipeline: &DiffEdit,
-    image: &Tensor,
-    source: &str,
-    target: &str,
-    noise: &Noise,
-    sigma: f64,
-    progress: &dyn Progress,
-) -> Result<(EditOutput, Tensor)> {
-    let mut soft = None;
-    let output = pipeline.edit_with_decode_mask(
-        image,
-        source,
-        target,
-        noise,
-        |m| {
-            let blurred = blur_mask(&m.mask, sigma)?;
-            soft = Some(blurred.clone());
-            Ok(blurred)
-        },
-        progress,
-    )?;
-    let soft = soft.ok_or_else(|| Error::invalid("the edit computed no mask"))?;
-    Ok((output, soft))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{Denoiser, Progress, Stage};
+use super::{check_cancelled, Denoiser, Progress, Stage};
 use crate::scheduler::{add_noise, DdimSchedule};
 
 /// The mask and what it was made from.
@@ -23,42 +23,43 @@ pub fn mask_timestep(timesteps: &[i64], t_index: usize) -> i64 {
     timesteps[timesteps.len() - 1 - t_index]
 }
 
-/// Noises `latents` [1,C,h,w] to timestep `t` with each of `noises` [N,1,C,h,w], predicts under
-/// the target and the reference prompt ([1,77,D] each) and averages |difference| over the N
-/// samples. The 2N evaluations run in batches of `batch_size` rows.
+/// One side of the mask: noises `latents` [1,C,h,w] to timestep `t` with each of `noises`
+/// [N,1,C,h,w] and predicts the noise under one prompt's embedding `emb` [1,77,D]. Returns the N
+/// predictions stacked, [N,C,h,w]. The N evaluations run in batches of `batch_size` rows; the
+/// caller starts and finishes the [`Stage::Mask`] progress (both sides share one bar).
 #[allow(clippy::too_many_arguments)]
-pub fn mask_difference(
+pub fn mask_predictions(
     den: &(impl Denoiser + ?Sized),
     schedule: &DdimSchedule,
     latents: &Tensor,
-    emb_target: &Tensor,
-    emb_reference: &Tensor,
+    emb: &Tensor,
     noises: &Tensor,
     t: i64,
     batch_size: usize,
     progress: &dyn Progress,
 ) -> Result<Tensor> {
     let n = noises.dim(0)?;
-    progress.start(Stage::Mask, 2 * n);
-    // Row r of the 2N rows is sample r/2 under the target (even r) or the reference (odd r), so a
-    // pair shares a batch whenever the batch size is even.
     let noisy: Vec<Tensor> = (0..n).map(|k| add_noise(schedule, latents, &noises.get(k)?, t)).collect::<Result<_>>()?;
-    let mut predictions: Vec<Tensor> = Vec::with_capacity(2 * n);
-    let rows: Vec<usize> = (0..2 * n).collect();
-    for chunk in rows.chunks(batch_size.max(1)) {
-        let xs: Vec<&Tensor> = chunk.iter().map(|r| &noisy[r / 2]).collect();
-        let embs: Vec<&Tensor> = chunk.iter().map(|r| if r % 2 == 0 { emb_target } else { emb_reference }).collect();
-        let out = den.predict(&Tensor::cat(&xs, 0)?, t, &Tensor::cat(&embs, 0)?)?;
-        for i in 0..chunk.len() {
-            predictions.push(out.narrow(0, i, 1)?);
-        }
+    let mut predictions: Vec<Tensor> = Vec::with_capacity(n);
+    for chunk in noisy.chunks(batch_size.max(1)) {
+        check_cancelled(progress)?;
+        let embs: Vec<&Tensor> = chunk.iter().map(|_| emb).collect();
+        let out = den.predict(&Tensor::cat(chunk, 0)?, t, &Tensor::cat(&embs, 0)?)?;
+        predictions.push(out);
         progress.advance(Stage::Mask, chunk.len());
     }
-    progress.finish(Stage::Mask);
-    // Summed in sample order, as the reference does, then divided once.
-    let mut diff = latents.zeros_like()?;
+    Tensor::cat(&predictions, 0)
+}
+
+/// Mean over the N samples of |target prediction - reference prediction|, [1,C,h,w], from the
+/// two sides' predictions [N,C,h,w]: summed in sample order, as the reference does, then
+/// divided once.
+pub fn mask_difference(target: &Tensor, reference: &Tensor) -> Result<Tensor> {
+    let n = target.dim(0)?;
+    let mut diff = target.get(0)?.zeros_like()?.unsqueeze(0)?;
     for k in 0..n {
-        diff = (diff + (&predictions[2 * k] - &predictions[2 * k + 1])?.abs()?)?;
+        let d = (target.narrow(0, k, 1)? - reference.narrow(0, k, 1)?)?.abs()?;
+        diff = (diff + d)?;
     }
     diff / n as f64
 }
@@ -77,23 +78,4 @@ pub fn normalize_and_threshold(diff: &Tensor, threshold: f64) -> Result<(Tensor,
 /// 1.0 where `normalized > threshold` (strictly), else 0.0.
 pub fn threshold_mask(normalized: &Tensor, threshold: f64) -> Result<Tensor> {
     normalized.gt(threshold)?.to_dtype(normalized.dtype())
-}
-
-/// The whole mask step.
-#[allow(clippy::too_many_arguments)]
-pub fn compute_mask(
-    den: &(impl Denoiser + ?Sized),
-    schedule: &DdimSchedule,
-    latents: &Tensor,
-    emb_target: &Tensor,
-    emb_reference: &Tensor,
-    noises: &Tensor,
-    t: i64,
-    threshold: f64,
-    batch_size: usize,
-    progress: &dyn Progress,
-) -> Result<MaskOutput> {
-    let diff = mask_difference(den, schedule, latents, emb_target, emb_reference, noises, t, batch_size, progress)?;
-    let (normalized, mask) = normalize_and_threshold(&diff, threshold)?;
-    Ok(MaskOutput { timestep: t, diff, normalized, mask })
 }

@@ -3,7 +3,9 @@
 //! [`Denoiser`] and a [`DdimSchedule`](crate::scheduler::DdimSchedule); [`pipeline`] wires them to
 //! a loaded model and does the bookkeeping (prompt encoding once, batching, tracing, progress).
 
+pub mod cache;
 pub mod decode;
+pub mod engine;
 pub mod experiments;
 pub mod invert;
 pub mod mask;
@@ -76,26 +78,63 @@ pub fn guided_prediction(
 /// Which part of the work a progress report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
+    /// Prompts through the text encoder, the picture through the VAE encoder (one unit).
+    Encode,
+    /// The mask's UNet evaluations (one unit per row).
     Mask,
+    /// DDIM inversion (one unit per step).
     Inversion,
+    /// Masked DDIM decoding (one unit per step).
     Decoding,
+    /// The VAE decoder (one unit).
+    VaeDecode,
 }
 
 impl Stage {
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Encode => "encode",
             Stage::Mask => "mask",
             Stage::Inversion => "inversion",
             Stage::Decoding => "decoding",
+            Stage::VaeDecode => "vae",
         }
+    }
+
+    /// Whether the stage is a loop of UNet evaluations (the stages worth a progress bar).
+    pub fn is_unet_loop(self) -> bool {
+        matches!(self, Stage::Mask | Stage::Inversion | Stage::Decoding)
     }
 }
 
-/// Receives progress from long computations. The CLI draws bars; the library default is silent.
+/// Receives progress from long computations, and may ask them to stop. The CLI draws bars; the
+/// server streams them to the page; the library default is silent.
 pub trait Progress {
     fn start(&self, _stage: Stage, _total: usize) {}
     fn advance(&self, _stage: Stage, _by: usize) {}
     fn finish(&self, _stage: Stage) {}
+    /// Polled between UNet evaluations: `true` stops the computation with [`Error::Cancelled`]
+    /// (crate::Error) within one step.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// The error a sampler returns when its [`Progress`] asks it to stop.
+pub(crate) fn cancelled_error() -> candle_core::Error {
+    candle_core::Error::Msg(CANCELLED.to_string())
+}
+
+/// The message of [`cancelled_error`], by which the pipeline recognises it.
+pub(crate) const CANCELLED: &str = "cancelled";
+
+/// Returns the cancellation error when `progress` asks to stop.
+pub(crate) fn check_cancelled(progress: &dyn Progress) -> Result<()> {
+    if progress.cancelled() {
+        Err(cancelled_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// No progress output.

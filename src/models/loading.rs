@@ -15,7 +15,6 @@ use super::tokenizer::ClipTokenizer;
 use super::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use super::vae::{AutoencoderKL, AutoencoderKLConfig};
 use super::weights::Weights;
-use crate::diffedit::ModelEditDefaults;
 use crate::error::{Error, Result};
 use crate::scheduler::{DdimSchedule, DdimSchedulerConfig};
 
@@ -63,10 +62,9 @@ pub struct StableDiffusion {
     /// on a CPU with AMX (`dtype` is then f32: the tensors between the products), else f32.
     pub matmul: crate::kernels::MatmulPrecision,
     pub origins: ComponentOrigins,
-    /// The whole model folder's `diffedit.json` (empty when it has none, or for hub models).
-    pub edit_defaults: ModelEditDefaults,
-    /// Where `edit_defaults` came from.
-    pub edit_defaults_file: Option<PathBuf>,
+    /// The whole model's local folder, when it was loaded from one (not for hub repos or models
+    /// put together component by component); where its `diffedit.json` would be.
+    pub model_dir: Option<PathBuf>,
 }
 
 /// What `--model tutorial` names: the tutorial's combination, even when it must be downloaded.
@@ -329,13 +327,9 @@ impl StableDiffusion {
             tokenizer: origin(&tok_src, &tok_sub),
             scheduler: scheduler_origin,
         };
-        let edit_defaults_file = match spec.model.as_deref().map(ModelSource::parse).transpose()? {
-            Some(ModelSource::Dir(dir)) => Some(dir.join(ModelEditDefaults::FILE)).filter(|p| p.is_file()),
+        let model_dir = match spec.model.as_deref().map(ModelSource::parse).transpose()? {
+            Some(ModelSource::Dir(dir)) => Some(dir),
             _ => None,
-        };
-        let edit_defaults = match &edit_defaults_file {
-            Some(path) => ModelEditDefaults::from_file(path)?,
-            None => ModelEditDefaults::default(),
         };
         Ok(Self {
             tokenizer,
@@ -348,8 +342,7 @@ impl StableDiffusion {
             vae_dtype,
             matmul,
             origins,
-            edit_defaults,
-            edit_defaults_file,
+            model_dir,
         })
     }
 

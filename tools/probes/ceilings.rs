@@ -5,7 +5,9 @@
 //!
 //!     cargo run --release --example ceilings -- MODEL_DIR [N_EDITS] [validation]
 use candle_core::{DType, Device, Tensor};
-use diffedit::diffedit::{DiffEdit, EditParams, Noise, Silent};
+use diffedit::diffedit::engine::Engine;
+use diffedit::diffedit::pipeline::{EditRequest, MaskChoice};
+use diffedit::diffedit::{DiffEdit, Noise, Silent};
 use diffedit::eval::psnr_where;
 use diffedit::image_io::{image_to_tensor, tensor_to_image};
 use diffedit::models::hub::Fetcher;
@@ -33,10 +35,12 @@ fn main() -> diffedit::Result<()> {
     let validation = args.get(3).is_some_and(|v| v == "validation");
     let spec = ModelSpec { model: Some(dir.clone()), ..Default::default() };
     let model = StableDiffusion::load(&spec, &Fetcher::from_env().with_offline(true), &Device::Cpu, DType::F32)?;
-    let params = model.edit_defaults.apply_to(EditParams::default());
+    // A cache of 0 MB: the engine only supplies the model's recommended settings here.
+    let engine = Engine::new(model, 0)?;
+    let (model, params) = (engine.model(), engine.default_params());
     let size = model.native_size();
     let edits = if validation { synth::validation_edits(n, size) } else { synth::heldout_edits(n, size) };
-    let pipeline = DiffEdit::new(&model, params.clone())?;
+    let pipeline = DiffEdit::new(model, params.clone())?;
     let latent = pipeline.latent_shape(size, size);
     let rows: Vec<String> = edits
         .par_iter()
@@ -59,14 +63,13 @@ fn main() -> diffedit::Result<()> {
                 .collect();
             let oracle = Tensor::from_vec(cells, (1, 1, latent.1, latent.2), &Device::Cpu)?;
             let noise = Noise::seeded(params.seed.wrapping_add(edit.index), latent, params.mask_samples)?;
-            let out = pipeline.edit_with_decode_mask(
-                &image_to_tensor(&source)?,
-                &edit.source_caption(),
-                &edit.target_caption(),
-                &noise,
-                |_| Ok(oracle.clone()),
-                &Silent,
-            )?;
+            let (image, source_caption, target_caption) =
+                (image_to_tensor(&source)?, edit.source_caption(), edit.target_caption());
+            let request = EditRequest {
+                mask: MaskChoice::Given(oracle),
+                ..EditRequest::new(&image, &source_caption, &target_caption, &noise)
+            };
+            let out = pipeline.run(&request, &Silent)?;
             let result = tensor_to_image(&out.decoded)?;
             let (oracle_ok, oracle_read) = read(edit, &result);
             let outside: Vec<bool> = gt.iter().map(|b| !b).collect();
