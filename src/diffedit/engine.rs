@@ -214,12 +214,17 @@ impl Engine {
     /// An engine for `model` with a cache of `cache_megabytes`. Reads the model folder's
     /// `diffedit.json` (edit settings the model recommends), if it has one.
     pub fn new(model: StableDiffusion, cache_megabytes: usize) -> Result<Self> {
+        Self::with_cache_bytes(model, cache_megabytes.saturating_mul(1 << 20))
+    }
+
+    /// [`Engine::new`] with the cache's size in bytes.
+    pub fn with_cache_bytes(model: StableDiffusion, cache_bytes: usize) -> Result<Self> {
         let file = model.model_dir.as_ref().map(|d| d.join(ModelEditDefaults::FILE)).filter(|p| p.is_file());
         let edit_defaults = match &file {
             Some(p) => ModelEditDefaults::from_file(p)?,
             None => ModelEditDefaults::default(),
         };
-        Ok(Self { model, edit_defaults, edit_defaults_file: file, cache: StageCache::with_megabytes(cache_megabytes) })
+        Ok(Self { model, edit_defaults, edit_defaults_file: file, cache: StageCache::new(cache_bytes) })
     }
 
     pub fn model(&self) -> &StableDiffusion {
