@@ -199,7 +199,15 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666));
     let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     write(tmp.path())?;
+    // On disk before it takes the name: after a power loss the name holds the old file or the
+    // whole new one, never a torn one.
+    std::fs::File::open(tmp.path()).and_then(|f| f.sync_all()).map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        // The rename itself, recorded in the folder (best effort: some filesystems refuse it).
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! functions), `diffedit` (mask, inversion, masked decoding, the whole edit), and the I/O and
 //! figure helpers used by the command-line tool in `cli`.
 
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod diffedit;

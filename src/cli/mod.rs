@@ -1,6 +1,7 @@
 //! The `diffedit` command line: argument parsing, then one call into the library per command.
 
 mod ablate;
+mod batch;
 mod bench;
 mod compare;
 mod edit;
@@ -35,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Edit a picture: find where SOURCE and TARGET disagree and repaint only there.
     Edit(edit::EditArgs),
+    /// Edit every row of a manifest (JSON Lines or CSV): resumable, shardable over array jobs.
+    Batch(batch::BatchArgs),
     /// Draw a picture from a prompt (DDIM with classifier-free guidance).
     Generate(generate::GenerateArgs),
     /// The mask step alone: heat map, mask, overlay, and a strip of thresholds.
@@ -179,6 +182,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Edit(args) => edit::run(&args),
+        Command::Batch(args) => batch::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Mask(args) => mask::run(&args),
         Command::Invert(args) => invert::run(&args),
