@@ -13,7 +13,7 @@ installed; otherwise a small PNG writer does (uploads are then given back as the
 
 Dev tool only: stdlib (+ optional Pillow), no tests depend on it. Special prompts for trying the
 page's error paths: a target containing "fail" fails the job during decoding; "slow" makes each
-tick 5x longer.
+tick 5x longer. --no-sse refuses the event streams, so the page's polling fallback is exercised.
 """
 
 import argparse
@@ -554,6 +554,8 @@ class Handler(BaseHTTPRequestHandler):
                         job.cancel_requested = True
                     return self.send_json(200, job.to_json(st))
             if parts[2:] == ["events"] and method == "GET":
+                if args.no_sse:
+                    raise HttpError(503, "events are switched off (--no-sse)")
                 return self.events(job)
         raise HttpError(404 if method == "GET" else 405, f"no such endpoint: {method} {path}")
 
@@ -596,6 +598,7 @@ def main():
     ap.add_argument("--max-pixels", type=int, default=50_000_000)
     ap.add_argument("--model-name", default="diffedit-shapes")
     ap.add_argument("--native-size", type=int, default=128)
+    ap.add_argument("--no-sse", action="store_true", help="refuse event streams (the page must poll)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     server = ThreadingHTTPServer((args.host, args.port), Handler)

@@ -127,9 +127,12 @@
       let message = data && typeof data.error === "string" ? data.error : text.trim().slice(0, 300) || res.statusText;
       const retryAfter = res.headers.get("Retry-After");
       if (res.status === 429) {
-        message = `The server's queue is full: ${message}` + (retryAfter ? ` Try again in ${fmtSeconds(Number(retryAfter)) || retryAfter + " s"}.` : "");
-      } else if (res.status === 401 && !TOKEN) {
-        message = `${message} (open the page at the address “diffedit serve” printed, ending in ?token=…)`;
+        const wait = retryAfter && isFinite(Number(retryAfter)) ? fmtSeconds(Number(retryAfter)) : retryAfter;
+        message = `${message.replace(/[.\s]*$/, ".")}` + (wait ? ` The server asks to retry in ${wait}.` : "");
+      } else if (res.status === 401) {
+        message = TOKEN
+          ? `The server refused this page's token (${message}). Open the address that “diffedit serve” printed.`
+          : `The server needs its access token (${message}). Open the address that “diffedit serve” printed: it ends in ?token=…`;
       } else if (res.status >= 500) {
         message = `The server failed (${res.status}): ${message}`;
       }
@@ -235,7 +238,8 @@
 
   // ------------------------------------------------------------------ the model (GET /api/health)
 
-  async function loadHealth() {
+  async function loadHealth(first) {
+    if (first) busy(1);
     try {
       const h = await api("GET", "/api/health");
       state.health = h;
@@ -251,8 +255,11 @@
       if ($("error").dataset.kind === "health") clearError();
     } catch (e) {
       $("model-name").textContent = "not connected";
-      showError(`Could not reach the model's server: ${e.message} Retrying every 5 s.`, "health");
+      if (e.status === 401) return showError(e.message, "health"); // retrying cannot help
+      showError(`Could not load the model's details: ${e.message} Retrying every 5 s.`, "health");
       setTimeout(loadHealth, 5000);
+    } finally {
+      if (first) busy(-1);
     }
   }
 
@@ -372,6 +379,7 @@
     $("progress").value = p;
     let stage = job.status === "done" || job.status === "failed" || job.status === "cancelled" ? job.status : job.stage || job.status;
     let text = STAGES[stage] || String(stage);
+    if (job.status === "done") text = job.kind === "mask" ? "Mask found" : job.kind === "edit" ? "Edit done" : text;
     if (job.status === "queued" && job.queue_position) text += ` (position ${job.queue_position})`;
     if (cancelling && !TERMINAL.has(job.status)) text = "Cancelling…";
     $("stage").textContent = text;
@@ -440,6 +448,7 @@
 
   /** Shows a finished job's mask, heat map and coverage; it becomes the editor's automatic mask. */
   async function applyMask(job, req) {
+    if (!state.image || req.body.image !== state.image.id) return; // another picture was opened meanwhile
     state.found = { key: req.key, threshold: job.params && typeof job.params.mask_threshold === "number" ? job.params.mask_threshold : req.threshold, job };
     if (job.heatmap) {
       $("heat-thumb-img").src = withToken(job.heatmap);
@@ -798,6 +807,58 @@
 
   // ------------------------------------------------------------------ the mask editor
 
+  let noticeTimer = null;
+  /** A short message in the editor's hint line, which comes back after a while. */
+  function editorNotice(text) {
+    const hint = $("editor-hint");
+    if (!hint.dataset.normal) hint.dataset.normal = hint.textContent;
+    hint.textContent = text;
+    hint.classList.add("notice");
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => {
+      hint.textContent = hint.dataset.normal;
+      hint.classList.remove("notice");
+    }, 8000);
+  }
+
+  // CRC-32 (PNG chunks) and a grayscale PNG writer: the mask goes out as an 8-bit gray PNG (white = edit),
+  // compressed by the browser's own zlib (CompressionStream "deflate" is zlib-wrapped, as PNG wants).
+  const CRC_TABLE = (() => {
+    const t = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      t[n] = c >>> 0;
+    }
+    return t;
+  })();
+
+  function crc32(bytes) {
+    let c = 0xffffffff;
+    for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  }
+
+  async function grayPng(width, height, raw) {
+    const z = new Uint8Array(await new Response(new Blob([raw]).stream().pipeThrough(new CompressionStream("deflate"))).arrayBuffer());
+    const chunk = (type, data) => {
+      const out = new Uint8Array(12 + data.length);
+      const v = new DataView(out.buffer);
+      v.setUint32(0, data.length);
+      for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
+      out.set(data, 8);
+      v.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
+      return out;
+    };
+    const ihdr = new Uint8Array(13);
+    const v = new DataView(ihdr.buffer);
+    v.setUint32(0, width);
+    v.setUint32(4, height);
+    ihdr.set([8, 0, 0, 0, 0], 8); // 8 bits, grayscale, deflate, no filter, no interlace
+    const signature = new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]);
+    return new Blob([signature, chunk("IHDR", ihdr), chunk("IDAT", z), chunk("IEND", new Uint8Array(0))], { type: "image/png" });
+  }
+
   /**
    * The mask is three layers at the mask's resolution: the automatic mask (from the server, replaced on every
    * re-threshold), what the brush added and what the eraser removed. On show (#mask-canvas): (auto ∪ added) \ erased.
@@ -988,8 +1049,22 @@
       return n / (this.mw * this.mh);
     }
 
-    /** The mask as shown, as a PNG at the picture's size: white = edit, black = keep, opaque. */
-    exportBlob() {
+    /** The mask as shown, as a PNG at the picture's size: white = edit, black = keep (8-bit gray). */
+    async exportBlob() {
+      if (typeof CompressionStream === "function") {
+        const alpha = this.ctx.getImageData(0, 0, this.mw, this.mh).data;
+        const { w, h, mw, mh } = this;
+        const raw = new Uint8Array((w + 1) * h); // each row: filter byte 0, then the pixels
+        const cols = new Uint32Array(w);
+        for (let x = 0; x < w; x++) cols[x] = Math.min(mw - 1, Math.floor(((x + 0.5) * mw) / w));
+        for (let y = 0; y < h; y++) {
+          const src = Math.min(mh - 1, Math.floor(((y + 0.5) * mh) / h)) * mw;
+          const row = y * (w + 1) + 1;
+          for (let x = 0; x < w; x++) raw[row + x] = alpha[(src + cols[x]) * 4 + 3] >= 128 ? 255 : 0;
+        }
+        return grayPng(w, h, raw);
+      }
+      // Older browsers: the canvas's own PNG (RGBA, every pixel opaque).
       const d = this.ctx.getImageData(0, 0, this.mw, this.mh);
       const px = d.data;
       for (let i = 0; i < px.length; i += 4) {
@@ -1028,10 +1103,11 @@
         this.paintBits(this.erase, bits, 0);
         this.endEdit(0, 0, this.mw, this.mh, true);
         const ratio = width / height / (this.w / this.h);
-        $("editor-hint").textContent =
+        editorNotice(
           Math.abs(ratio - 1) > 0.01
             ? `Imported ${file.name} (${width} × ${height}), stretched to the picture's ${this.w} × ${this.h}. Ctrl+Z undoes it.`
-            : `Imported ${file.name}. Ctrl+Z undoes it.`;
+            : `Imported ${file.name}. Ctrl+Z undoes it.`,
+        );
       } catch (e) {
         showError(`Could not import the mask ${file.name}: ${e.message}`);
       } finally {
@@ -1494,6 +1570,7 @@
     $("edit").addEventListener("click", runEdit);
     $("cancel").addEventListener("click", cancelJob);
     $("mask_threshold").addEventListener("input", onThresholdInput);
+    $("mask_threshold").addEventListener("change", onThresholdInput);
     $("reset-params").addEventListener("click", () => {
       if (state.health && state.health.defaults) {
         for (const p of PARAMS) delete $(p.key).dataset.touched;
@@ -1550,7 +1627,7 @@
     editor.setTool("brush");
     editor.onChange();
     updateButtons();
-    loadHealth();
+    loadHealth(true);
   }
 
   function submitOnCtrlEnter(e) {
