@@ -44,6 +44,8 @@ MIME = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=ut
 DEFAULTS = {"steps": 50, "encode_ratio": 0.8, "guidance": 7.5, "inversion_guidance": 1.0, "mask_samples": 10,
             "mask_noise_level": 0.6, "mask_threshold": 0.35, "alignment": "exact", "seed": 0}
 TERMINAL = ("done", "failed", "cancelled")
+CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 class HttpError(Exception):
@@ -476,7 +478,9 @@ class Handler(BaseHTTPRequestHandler):
         if not os.path.isfile(full):
             raise HttpError(404, f"no such asset: {name}")
         with open(full, "rb") as f:
-            self.send_body(200, f.read(), MIME.get(os.path.splitext(name)[1], "application/octet-stream"))
+            # The policy the real server is meant to send: the page must work under it.
+            self.send_body(200, f.read(), MIME.get(os.path.splitext(name)[1], "application/octet-stream"),
+                           {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
     def read_body(self, limit):
         n = int(self.headers.get("Content-Length") or 0)

@@ -7,7 +7,7 @@
   const TOKEN = new URLSearchParams(location.search).get("token");
   const TERMINAL = new Set(["done", "failed", "cancelled"]);
   const MASK_RGB = [255, 48, 96]; // the mask's tint in the editor (shown at partial opacity)
-  const THRESHOLD_DEBOUNCE_MS = 150;
+  const THRESHOLD_DEBOUNCE_MS = 60; // gathers a burst of slider moves into one request
 
   // The edit parameters, by their API names (the CLI flags' long names with underscores).
   const PARAMS = [
@@ -282,31 +282,33 @@
   /** Reads and checks the form; returns {body, seedRaw, key, threshold} or shows what is wrong and returns null. */
   function buildRequest(opts = {}) {
     if (!state.image) {
-      showError("Open a picture first: “Open picture…”, drop one on the page, or paste it.");
+      if (!opts.quiet) showError("Open a picture first: “Open…”, drop one on the page, or paste it.");
       return null;
     }
+    // quiet: a check in passing (is the mask on show still current?), which must not complain or move the focus
+    const fail = (id, message, inAdvanced) => (opts.quiet ? null : formError(id, message, inAdvanced));
     const source = $("source").value.trim();
     const target = $("target").value.trim();
     if (!opts.quiet) {
-      if (!source) return formError("source", "Type the source prompt: what the picture shows.");
-      if (!target) return formError("target", "Type the target prompt: what the picture should become.");
+      if (!source) return fail("source", "Type the source prompt: what the picture shows.");
+      if (!target) return fail("target", "Type the target prompt: what the picture should become.");
     }
     const params = {};
     let seedRaw = null;
     for (const p of PARAMS) {
       const el = $(p.key);
       const v = el.value.trim();
-      if (el.validity && el.validity.badInput) return formError(p.key, `${p.label} is not a number.`, true);
+      if (el.validity && el.validity.badInput) return fail(p.key, `${p.label} is not a number.`, true);
       if (v === "") continue;
       if (p.kind === "int") {
-        if (!/^-?\d+$/.test(v)) return formError(p.key, `${p.label} must be a whole number, got “${v}”.`, true);
+        if (!/^-?\d+$/.test(v)) return fail(p.key, `${p.label} must be a whole number, got “${v}”.`, true);
         params[p.key] = Number(v);
       } else if (p.kind === "float") {
         const n = Number(v);
-        if (!isFinite(n)) return formError(p.key, `${p.label} must be a number, got “${v}”.`, true);
+        if (!isFinite(n)) return fail(p.key, `${p.label} must be a number, got “${v}”.`, true);
         params[p.key] = n;
       } else if (p.kind === "seed") {
-        if (!/^\d+$/.test(v)) return formError(p.key, `${p.label} must be a whole number ≥ 0, got “${v}”.`, true);
+        if (!/^\d+$/.test(v)) return fail(p.key, `${p.label} must be a whole number ≥ 0, got “${v}”.`, true);
         seedRaw = v.replace(/^0+(?=\d)/, ""); // sent as written: seeds may exceed 2^53
       } else {
         params[p.key] = v;
@@ -489,7 +491,9 @@
     }
     const req = buildRequest({ quiet: true });
     if (req && req.key !== state.found.key) {
-      note.textContent = "The prompts or parameters changed since this mask was found: Find mask again to see the new one (Edit finds its own).";
+      note.textContent = editor.painted
+        ? "The prompts or parameters changed since this mask was found. Edit uses the painted mask as shown; Find mask again to paint on the new one."
+        : "The prompts or parameters changed since this mask was found: Find mask again to see the new one (Edit finds its own).";
       note.hidden = false;
     } else {
       note.hidden = true;
@@ -506,7 +510,8 @@
     });
   }
 
-  // The threshold slider: a debounced re-threshold, one request at a time, always ending on the slider's value.
+  // The threshold slider: a short debounce, then one request at a time for as long as the slider moves (so the
+  // mask follows a drag live), always ending on the slider's last value.
   let thresholdTimer = null;
   let thresholdRunning = false;
   let thresholdBusy = false;
@@ -529,13 +534,12 @@
       thresholdBusy = true;
       busy(1);
     }
-    clearTimeout(thresholdTimer);
+    if (thresholdTimer || thresholdRunning) return; // the pending or running loop reads the slider's latest value
     thresholdTimer = setTimeout(rethresholdLoop, delay);
   }
 
   async function rethresholdLoop() {
     thresholdTimer = null;
-    if (thresholdRunning) return; // the running loop picks up the new value
     thresholdRunning = true;
     try {
       while (canRethreshold() && Math.abs(thresholdValue() - state.found.threshold) > 1e-9) {
@@ -662,7 +666,7 @@
     const dl = $("download");
     dl.removeAttribute("href");
     dl.setAttribute("aria-disabled", "true");
-    $("result-info").innerHTML = "&nbsp;";
+    $("result-info").textContent = "\u00a0";
     state.currentResult = null;
     for (const li of $("history").children) li.classList.remove("current");
   }
@@ -1412,7 +1416,10 @@
       auto: "Edit uses the server's mask for the current threshold",
       none: "Find the mask, or paint one",
     }[kind];
-    if (state.image) showCoverage();
+    if (state.image) {
+      showCoverage();
+      refreshMaskNote();
+    }
   };
 
   // ------------------------------------------------------------------ keyboard
