@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::diffedit::{Alignment, EditParams};
+use crate::diffedit::fields::{self, Fields};
+use crate::diffedit::EditParams;
 use crate::error::{Error, Result};
 
 /// The keys a row may carry besides `id`, `image`, `source` and `target`.
@@ -206,24 +207,12 @@ impl Row {
     /// The row resolved against `defaults`, paths relative to `base`; errors name the field.
     pub fn spec(&self, defaults: &RowDefaults, base: &Path) -> std::result::Result<RowSpec, String> {
         let fields = self.fields.as_ref().map_err(Clone::clone)?;
-        for key in fields.keys() {
-            if !(matches!(key.as_str(), "id" | "image" | "source" | "target") || PARAMETER_KEYS.contains(&key.as_str()))
-            {
-                return Err(format!(
-                    "unknown field `{key}` (known: id, image, source, target, {})",
-                    PARAMETER_KEYS.join(", ")
-                ));
-            }
-        }
-        let text = |key: &str| -> std::result::Result<Option<String>, String> {
-            match fields.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(format!("`{key}` must be text, got {other}")),
-            }
-        };
+        let f = Fields(fields);
+        let mut known = vec!["id", "image", "source", "target"];
+        known.extend(PARAMETER_KEYS);
+        f.only(&known)?;
         let required = |key: &str| -> std::result::Result<String, String> {
-            text(key)?.ok_or_else(|| format!("the row has no `{key}`"))
+            f.text(key)?.ok_or_else(|| format!("the row has no `{key}`"))
         };
         let image = base.join(required("image")?);
         let source = required("source")?;
@@ -234,68 +223,25 @@ impl Row {
         if target.trim().is_empty() {
             return Err("target prompt is empty: describe the picture as it should become".into());
         }
-        let number = |key: &str| -> std::result::Result<Option<f64>, String> {
-            match fields.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Number(n)) => Ok(n.as_f64()),
-                Some(Value::String(s)) => {
-                    s.trim().parse::<f64>().map(Some).map_err(|_| format!("`{key}` must be a number, got {s:?}"))
-                }
-                Some(other) => Err(format!("`{key}` must be a number, got {other}")),
-            }
-        };
-        let count = |key: &str| -> std::result::Result<Option<u64>, String> {
-            match number(key)? {
-                None => Ok(None),
-                Some(v) if v >= 0.0 && v.fract() == 0.0 && v <= u64::MAX as f64 => Ok(Some(v as u64)),
-                Some(v) => Err(format!("`{key}` must be a whole number >= 0, got {v}")),
-            }
-        };
-        let d = &defaults.params;
-        let alignment = match text("alignment")? {
-            Some(a) => a.parse::<Alignment>().map_err(|e| e.to_string())?,
-            None => d.alignment,
-        };
-        let params = EditParams {
-            steps: count("steps")?.map_or(d.steps, |v| v as usize),
-            encode_ratio: number("encode_ratio")?.unwrap_or(d.encode_ratio),
-            guidance: number("guidance")?.unwrap_or(d.guidance),
-            inversion_guidance: number("inversion_guidance")?.unwrap_or(d.inversion_guidance),
-            mask_samples: count("mask_samples")?.map_or(d.mask_samples, |v| v as usize),
-            mask_noise_level: number("mask_noise_level")?.unwrap_or(d.mask_noise_level),
-            mask_threshold: number("mask_threshold")?.unwrap_or(d.mask_threshold),
-            alignment,
-            seed: count("seed")?.unwrap_or(d.seed),
-            mask_batch_size: count("mask_batch_size")?.map_or(d.mask_batch_size, |v| v as usize),
-        };
-        params.validate().map_err(|e| flags_as_keys(&e.to_string()))?;
-        let keep_background = match fields.get("keep_background") {
-            None | Some(Value::Null) => defaults.keep_background,
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => return Err(format!("`keep_background` must be true or false, got {s:?}")),
-            },
-            Some(other) => return Err(format!("`keep_background` must be true or false, got {other}")),
-        };
-        let size = match text("size")? {
+        let params = f.edit_params(&defaults.params).map_err(|e| flags_as_keys(&e))?;
+        let keep_background = f.boolean("keep_background")?.unwrap_or(defaults.keep_background);
+        let size = match f.text("size")? {
             Some(s) => Some(crate::image_io::parse_size(&s).map_err(|e| flags_as_keys(&e.to_string()))?),
             None => defaults.size,
         };
-        let mask_dilate = number("mask_dilate")?.unwrap_or(defaults.mask_dilate);
+        let mask_dilate = f.number("mask_dilate")?.unwrap_or(defaults.mask_dilate);
         if !(mask_dilate.is_finite() && mask_dilate >= 0.0) {
             return Err(format!("mask_dilate must be a finite number of pixels >= 0, got {mask_dilate}"));
         }
-        let mask_blur = number("mask_blur")?.or(defaults.mask_blur);
+        let mask_blur = f.number("mask_blur")?.or(defaults.mask_blur);
         if let Some(sigma) = mask_blur {
             crate::diffedit::experiments::check_sigma(sigma).map_err(|e| flags_as_keys(&e.to_string()))?;
         }
-        let negative_prompt = text("negative_prompt")?.or_else(|| defaults.negative_prompt.clone());
+        let negative_prompt = f.text("negative_prompt")?.or_else(|| defaults.negative_prompt.clone());
         if negative_prompt.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return Err("negative_prompt is empty: leave it out for the empty prompt".into());
         }
-        let mask = text("mask")?.map(|m| base.join(m)).or_else(|| defaults.mask.clone());
+        let mask = f.text("mask")?.map(|m| base.join(m)).or_else(|| defaults.mask.clone());
         Ok(RowSpec {
             image,
             source,
@@ -314,11 +260,7 @@ impl Row {
 /// A message naming command-line flags (`--mask-threshold`) rewritten with the manifest's keys
 /// (`mask_threshold`).
 pub fn flags_as_keys(msg: &str) -> String {
-    let mut out = msg.to_string();
-    for key in PARAMETER_KEYS {
-        out = out.replace(&format!("--{}", key.replace('_', "-")), key);
-    }
-    out
+    fields::flags_as_keys(msg, PARAMETER_KEYS)
 }
 
 #[cfg(test)]

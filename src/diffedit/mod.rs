@@ -7,6 +7,7 @@ pub mod cache;
 pub mod decode;
 pub mod engine;
 pub mod experiments;
+pub mod fields;
 pub mod invert;
 pub mod mask;
 pub mod params;
