@@ -150,7 +150,7 @@ pub fn evaluate_edit(pipeline: &DiffEdit, edit: &Edit, progress: &dyn Progress) 
     let source = rgb(size, edit.source.render());
     let image = image_to_tensor(&source)?;
     let latent = pipeline.latent_shape(size, size);
-    let noise = Noise::seeded(params.seed.wrapping_add(edit.index), latent, params.mask_samples)?;
+    let noise = Noise::drawn(params.rng, params.seed.wrapping_add(edit.index), latent, params.mask_samples)?;
     let (src_caption, tgt_caption) = (edit.source_caption(), edit.target_caption());
     let out = pipeline.edit(&image, &src_caption, &tgt_caption, &noise, progress)?;
 
