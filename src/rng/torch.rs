@@ -86,7 +86,7 @@ impl TorchGenerator {
         for block in data.chunks_exact_mut(16) {
             fill16(block.try_into().expect("16 values"), mean, std);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -141,20 +141,20 @@ fn log_cephes(u: f32) -> f32 {
     let below = m < SQRTHF;
     let mut x = m + -1.0;
     if below {
-        e = e - 1.0;
-        x = x + m;
+        e -= 1.0;
+        x += m;
     } else {
-        x = x + 0.0;
+        x += 0.0;
     }
     let z = x * x;
     let mut y = LOG_P[0];
     for p in &LOG_P[1..] {
         y = y.mul_add(x, *p);
     }
-    y = y * x;
+    y *= x;
     y = y.mul_add(z, e * LOG_Q1);
     y = (-z).mul_add(0.5, y);
-    x = x + y;
+    x += y;
     e.mul_add(LOG_Q2, x)
 }
 
@@ -176,12 +176,12 @@ fn sincos_cephes(theta: f32) -> (f32, f32) {
     let half_z = z * 0.5;
     let mut c = COS_P[0].mul_add(z, COS_P[1]);
     c = c.mul_add(z, COS_P[2]);
-    c = z * c;
+    c *= z;
     c = z.mul_add(c, -half_z);
-    c = c + 1.0;
+    c += 1.0;
     let mut s = SIN_P[0].mul_add(z, SIN_P[1]);
     s = s.mul_add(z, SIN_P[2]);
-    s = z * s;
+    s *= z;
     s = x.mul_add(s, x);
     let (ysin2, ysin1) = if polynomial_is_sine { (s, 0.0) } else { (0.0, c) };
     let sin = ysin2 + ysin1;
