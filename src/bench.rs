@@ -566,14 +566,14 @@ pub fn bench_edit(
         .ok_or_else(|| crate::Error::invalid("synthetic scene has the wrong number of pixels"))?;
     let picture = crate::image_io::resize(&picture, width, height);
     let image = crate::image_io::image_to_tensor(&picture)?.to_device(device)?.to_dtype(dtype)?;
-    let noise = Noise::seeded(params.seed, pipeline.latent_shape(width, height), params.mask_samples)?;
+    let noise = Noise::drawn(params.rng, params.seed, pipeline.latent_shape(width, height), params.mask_samples)?;
     let source = scene.caption();
     let target = source.replacen("a ", "a large ", 1);
     // Warm-up: a 2-step edit with one mask sample touches every kernel, weight packing and
     // allocation path the timed edits use, at a fraction of their cost.
     let warm_params = crate::diffedit::EditParams { steps: 2, mask_samples: 1, ..params.clone() };
     let warm = DiffEdit::new(&model, warm_params.clone())?;
-    let warm_noise = Noise::seeded(params.seed, warm.latent_shape(width, height), 1)?;
+    let warm_noise = Noise::drawn(params.rng, params.seed, warm.latent_shape(width, height), 1)?;
     warm.edit(&image, &source, &target, &warm_noise, &Silent)?;
     device.synchronize()?;
     let mut runs_out = vec![];

@@ -150,7 +150,7 @@ pub fn evaluate_edit(pipeline: &DiffEdit, edit: &Edit, progress: &dyn Progress) 
     let source = rgb(size, edit.source.render());
     let image = image_to_tensor(&source)?;
     let latent = pipeline.latent_shape(size, size);
-    let noise = Noise::seeded(params.seed.wrapping_add(edit.index), latent, params.mask_samples)?;
+    let noise = Noise::drawn(params.rng, params.seed.wrapping_add(edit.index), latent, params.mask_samples)?;
     let (src_caption, tgt_caption) = (edit.source_caption(), edit.target_caption());
     let out = pipeline.edit(&image, &src_caption, &tgt_caption, &noise, progress)?;
 
@@ -186,38 +186,63 @@ pub fn edits_for(model: &StableDiffusion, n: usize, validation: bool) -> Result<
     Ok(if validation { synth::validation_edits(n, size) } else { synth::heldout_edits(n, size) })
 }
 
-/// A figure of the first `rows` edits, one row each: source, ground-truth target, DiffEdit's mask
-/// over the source, DiffEdit's result, img2img's result; every picture magnified `zoom` times.
-pub fn grid_figure(records: &[EditRecord], edits: &[Edit], rows: usize, zoom: u32) -> RgbImage {
-    let rows = rows.min(records.len()).max(1);
-    let size = edits.first().map(|e| e.source.size).unwrap_or(32) as u32;
-    let cell = size * zoom;
-    let gap = 2u32;
-    let cols = 5u32;
-    let mut fig =
-        RgbImage::from_pixel(cols * (cell + gap) + gap, rows as u32 * (cell + gap) + gap, image::Rgb([255; 3]));
-    for (r, (rec, edit)) in records.iter().zip(edits).take(rows).enumerate() {
-        let n = edit.source.size;
-        let source = rgb(n, edit.source.render());
-        let target = rgb(n, edit.target.render());
-        let mut overlay = source.clone();
-        for (i, p) in overlay.pixels_mut().enumerate() {
-            if rec.diffedit.region[i] {
-                p.0 = std::array::from_fn(|c| ((p.0[c] as u16 + [255u16, 0, 255][c]) / 2) as u8);
+/// A figure of the first `rows` edits, one row each under the column titles source, expected
+/// (the ground-truth target), mask (DiffEdit's, over the source, with its IoU), DiffEdit and
+/// img2img: above the pictures the edit's prompts, under each method whether the classifier
+/// passed it (or what it read instead); every picture magnified `zoom` times. `title` starts the
+/// heading, which adds how many of the shown edits each method passed.
+pub fn grid_figure(records: &[EditRecord], edits: &[Edit], rows: usize, zoom: u32, title: &str) -> RgbImage {
+    use crate::viz::edit_grid::{edit_grid, EditRow, Note};
+    let shown: Vec<(&EditRecord, &Edit)> = records.iter().zip(edits).take(rows.max(1)).collect();
+    let verdict = |m: &MethodResult| {
+        let text = if m.success {
+            "✓ passed".to_string()
+        } else {
+            match (m.read_colour, m.read_shape) {
+                (Some(c), Some(s)) => format!("✗ read {c} {s}"),
+                (Some(c), None) => format!("✗ read {c}, no shape"),
+                _ => "✗ no object read".to_string(),
             }
-        }
-        let pics = [&source, &target, &overlay, &rec.diffedit.image, &rec.img2img.image];
-        for (c, pic) in pics.iter().enumerate() {
-            let big = image::imageops::resize(*pic, cell, cell, image::imageops::FilterType::Nearest);
-            image::imageops::replace(
-                &mut fig,
-                &big,
-                (gap + c as u32 * (cell + gap)) as i64,
-                (gap + r as u32 * (cell + gap)) as i64,
-            );
-        }
-    }
-    fig
+        };
+        Some(Note { text, passed: Some(m.success) })
+    };
+    let grid_rows: Vec<EditRow> = shown
+        .iter()
+        .map(|(rec, edit)| {
+            let n = edit.source.size;
+            let source = rgb(n, edit.source.render());
+            let target = rgb(n, edit.target.render());
+            let mut overlay = source.clone();
+            for (i, p) in overlay.pixels_mut().enumerate() {
+                if rec.diffedit.region[i] {
+                    p.0 = std::array::from_fn(|c| ((p.0[c] as u16 + [255u16, 0, 255][c]) / 2) as u8);
+                }
+            }
+            EditRow {
+                lines: [
+                    format!("#{} {} · source: {}", rec.index, rec.kind.name(), rec.source_caption),
+                    format!("target: {}", rec.target_caption),
+                ],
+                pictures: vec![source, target, overlay, rec.diffedit.image.clone(), rec.img2img.image.clone()],
+                notes: vec![
+                    None,
+                    None,
+                    Some(Note { text: format!("IoU {:.2}", rec.diffedit.mask_iou), passed: None }),
+                    verdict(&rec.diffedit),
+                    verdict(&rec.img2img),
+                ],
+            }
+        })
+        .collect();
+    let passed = |f: fn(&EditRecord) -> bool| shown.iter().filter(|(r, _)| f(r)).count();
+    let heading = format!(
+        "{title}: DiffEdit passed {}/{n}, img2img {}/{n}",
+        passed(|r| r.diffedit.success),
+        passed(|r| r.img2img.success),
+        n = shown.len()
+    );
+    let style = crate::viz::figure::Style { margin: 12, heading_px: 17.0, ..Default::default() };
+    edit_grid(&heading, &["source", "expected", "mask", "DiffEdit", "img2img"], &grid_rows, zoom, &style)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod image_io;
 pub mod kernels;
 pub mod models;
 pub mod paste;
+pub mod rng;
 pub mod scheduler;
 pub mod synth;
 pub mod trace;

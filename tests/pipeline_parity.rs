@@ -30,6 +30,7 @@ fn params_of(json: &serde_json::Value) -> EditParams {
         mask_threshold: p["threshold"].as_f64().unwrap(),
         alignment: p["alignment"].as_str().unwrap().parse::<Alignment>().unwrap(),
         seed: 0,
+        rng: Default::default(),
         mask_batch_size: 4,
     }
 }

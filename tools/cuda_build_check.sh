@@ -86,11 +86,11 @@ mkdir -p "$ROOT/stub-driver"
 ln -sf ../lib64/stubs/libcuda.so "$ROOT/stub-driver/libcuda.so.1"
 export LD_LIBRARY_PATH=$ROOT/lib64:$ROOT/stub-driver
 # The README's first command (tools/make_docs_example.sh), on the bundled model.
-EXAMPLE=(--model models/diffedit-shapes --image docs/example/shapes.png --source "a green circle on a gray background"
-    --target "a red square on a gray background" -q)
+EXAMPLE=(--model models/diffedit-shapes --image docs/example/colour.png --source "a yellow circle on a brown background"
+    --target "a purple circle on a brown background" -q)
 OUT=$(mktemp -d)
 nice -n 15 "$BIN" edit --device cpu "${EXAMPLE[@]}" --out "$OUT/edited.png"
-cmp "$OUT/edited.png" docs/example/edited.png && echo "cpu run of the cuda build: same picture as docs/example/edited.png"
+cmp "$OUT/edited.png" docs/example/colour_edited.png && echo "cpu run of the cuda build: same picture as docs/example/colour_edited.png"
 if RUST_BACKTRACE=0 "$BIN" edit --device cuda "${EXAMPLE[@]}" --out "$OUT/cuda.png" 2>"$OUT/err"; then
     echo "--device cuda unexpectedly succeeded with the stub driver" >&2
     exit 1

@@ -154,8 +154,8 @@ fi
 # ---- the edits: the README's example on the bundled model (trained, so its mask is meaningful), and the SD 2-style
 # test fixture (v-prediction, linear attention projections) for a second architecture. --trace writes every
 # intermediate tensor in f32, so the CPU and GPU runs are compared tensor by tensor, not only as 8-bit pictures.
-SHAPES=(--model models/diffedit-shapes --image docs/example/shapes.png --source "a green circle on a gray background"
-    --target "a red square on a gray background" --seed 0 --offline --json -q)
+SHAPES=(--model models/diffedit-shapes --image docs/example/colour.png --source "a yellow circle on a brown background"
+    --target "a purple circle on a brown background" --seed 0 --offline --json -q)
 SD2=(--model tests/fixtures/models/tiny-sd2 --image docs/example/shapes.png --source "a green circle on a gray background"
     --target "a red square on a gray background" --steps 20 --seed 0 --offline --json -q)
 

@@ -42,6 +42,12 @@ CASES = {
     "sd2_exact_r058": ("tiny-sd2", ["--size", "64x64", "--steps", "10", "--r", "0.58", "--alignment", "exact",
                                     "--source", "a red circle on a green background",
                                     "--target", "a blue square on a green background"]),
+    # the reference's own draws from one seed (no injected noise): `diffedit edit --seed 42` must
+    # reproduce this run from the seed alone (PyTorch's generator, src/rng/)
+    "sd1_exact_seed42": ("tiny-sd", ["--size", "64x64", "--steps", "8", "--mask-samples", "4",
+                                     "--synthetic", "blocks", "--vae-seed", "42", "--mask-seed", "42",
+                                     "--alignment", "exact", "--source", "a bowl of fruit on a table",
+                                     "--target", "a basket of fruit on a table"]),
 }
 
 

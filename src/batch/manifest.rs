@@ -26,6 +26,7 @@ pub const PARAMETER_KEYS: &[&str] = &[
     "alignment",
     "seed",
     "mask_batch_size",
+    "rng",
     "mask",
     "mask_dilate",
     "mask_blur",

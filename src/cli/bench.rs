@@ -116,6 +116,7 @@ impl CommonArgs {
             vae: None,
             text_encoder: None,
             tokenizer: None,
+            config: None,
             device: self.device.clone(),
             dtype: Some(self.dtype.clone()),
             offline: true,

@@ -9,7 +9,7 @@ use super::shared::{
     check_outputs, edit_heading, edit_noise, load, picture_tile, print_summary, warn_truncated, PictureArgs, Written,
 };
 use super::{default_out, ModelArgs, OutputArgs};
-use crate::diffedit::experiments::{check_sigma, compare, latents_to_image, prepare, standard_normal, Ledger, Stream};
+use crate::diffedit::experiments::{check_sigma, compare, latents_to_image, prepare, Ledger, Stream};
 use crate::error::{Error, Result};
 use crate::image_io::{image_to_tensor, map_values};
 use crate::viz::{self, figure};
@@ -48,7 +48,12 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let params = args.edit.params_for(&l.engine)?;
     let pipeline = l.engine.pipeline(params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
-    let img2img_noise = standard_normal(params.seed, Stream::Img2img, pipeline.latent_shape(l.width, l.height))?;
+    let img2img_noise = crate::rng::standard_normal(
+        params.rng,
+        params.seed,
+        Stream::Img2img,
+        pipeline.latent_shape(l.width, l.height),
+    )?;
     let image = image_to_tensor(&l.processed)?;
     let progress = o.progress();
     let mut ledger = Ledger::default();

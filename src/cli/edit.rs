@@ -94,6 +94,9 @@ pub struct EditFlags {
     /// Seed of the random draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Generator of the seeded draws: torch (PyTorch's CPU generator, bit for bit) or native.
+    #[arg(long, default_value = "torch")]
+    pub rng: String,
     /// UNet batch size of the mask evaluations (lower it to save memory).
     #[arg(long, default_value_t = 4)]
     pub mask_batch_size: usize,
@@ -143,6 +146,7 @@ impl EditFlags {
             mask_threshold: self.mask_threshold.unwrap_or(base.mask_threshold),
             alignment: self.alignment.parse::<Alignment>()?,
             seed: self.seed,
+            rng: self.rng.parse()?,
             mask_batch_size: self.mask_batch_size,
         };
         p.validate()?;

@@ -33,7 +33,8 @@ pub struct EvalArgs {
     /// for choosing parameters without looking at the held-out edits).
     #[arg(long, default_value = "heldout")]
     pub split: String,
-    /// Write a grid figure: per edit, source, ground truth, DiffEdit's mask, DiffEdit, img2img.
+    /// Write a grid figure, titled: per edit its prompts above the source, the ground truth,
+    /// DiffEdit's mask, DiffEdit and img2img, and under each method whether it passed.
     #[arg(long, value_name = "PATH.png")]
     pub figure: Option<PathBuf>,
     /// Write one JSON line per edit: its kind, captions and, for both methods, mask IoU,
@@ -190,7 +191,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let diffedit = Summary::of(records.iter().map(|r| &r.diffedit));
     let img2img = Summary::of(records.iter().map(|r| &r.img2img));
     if let Some(p) = &args.figure {
-        save_image(&grid_figure(&records, &edits, args.figure_rows, 4), p)?;
+        let split = if validation { "validation" } else { "held-out" };
+        let title = format!("{} on {split} edits", model_name(&model));
+        save_image(&grid_figure(&records, &edits, args.figure_rows, 4, &title), p)?;
         o.say(format!("wrote {}", path_str(p)));
     }
     if let Some(p) = &args.records {
@@ -232,4 +235,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         return Err(Error::invalid(format!("evaluation below target: {}", missed.join("; "))));
     }
     Ok(())
+}
+
+/// The model's folder name for the figure's heading (`diffedit-shapes`), else what its UNet
+/// came from.
+fn model_name(model: &crate::models::loading::StableDiffusion) -> String {
+    let unet = &model.origins.unet;
+    let path = unet.strip_suffix(" (unet)").unwrap_or(unet);
+    std::path::Path::new(path).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| unet.clone())
 }

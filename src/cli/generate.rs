@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::shared::{check_outputs, load, print_summary, warn_truncated, Written};
 use super::{ModelArgs, OutputArgs};
-use crate::diffedit::experiments::{encode_single, generate, latents_to_image, standard_normal, Ledger, Stream};
+use crate::diffedit::experiments::{encode_single, generate, latents_to_image, Ledger, Stream};
 use crate::diffedit::EditParams;
 use crate::error::{Error, Result};
 use crate::image_io;
@@ -28,6 +28,10 @@ pub struct GenerateArgs {
     /// Seed of the start noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Generator of the start noise: torch (the latents diffusers draws with
+    /// `generator=torch.Generator("cpu").manual_seed(SEED)`) or native.
+    #[arg(long, default_value = "torch")]
+    pub rng: String,
     /// Pixel size (default: the model's native square).
     #[arg(long, value_name = "WxH")]
     pub size: Option<String>,
@@ -38,7 +42,13 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let params = EditParams { steps: args.steps, guidance: args.guidance, seed: args.seed, ..EditParams::default() };
+    let params = EditParams {
+        steps: args.steps,
+        guidance: args.guidance,
+        seed: args.seed,
+        rng: args.rng.parse()?,
+        ..EditParams::default()
+    };
     params.validate()?;
     if args.prompt.trim().is_empty() {
         return Err(Error::invalid("--prompt is empty: describe the picture to generate"));
@@ -56,7 +66,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if prompt.truncated {
         warn_truncated(o, l.engine.model(), std::slice::from_ref(&args.prompt));
     }
-    let noise = standard_normal(args.seed, Stream::Generation, pipeline.latent_shape(l.width, l.height))?;
+    let noise = crate::rng::standard_normal(
+        params.rng,
+        args.seed,
+        Stream::Generation,
+        pipeline.latent_shape(l.width, l.height),
+    )?;
     let progress = o.progress();
     let history = ledger.run(&pipeline, "decoding", || generate(&pipeline, &prompt, &noise, progress.as_ref()))?;
     let last = history.last().ok_or_else(|| Error::invalid("generation produced no latent"))?;

@@ -43,6 +43,9 @@ pub struct InvertArgs {
     /// Seed of the VAE posterior sample.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Generator of the seeded draw: torch (PyTorch's CPU generator, bit for bit) or native.
+    #[arg(long, default_value = "torch")]
+    pub rng: String,
     /// Process at exactly this pixel size (default: the model's native long side, aspect kept).
     #[arg(long, value_name = "WxH")]
     pub size: Option<String>,
@@ -57,6 +60,7 @@ pub fn run(args: &InvertArgs) -> Result<()> {
         steps: args.steps,
         inversion_guidance: args.inversion_guidance,
         seed: args.seed,
+        rng: args.rng.parse()?,
         ..EditParams::default()
     };
     params.validate()?;
@@ -85,7 +89,7 @@ pub fn run(args: &InvertArgs) -> Result<()> {
     let pipeline = l.engine.pipeline(params.clone())?;
     let latent = pipeline.latent_shape(l.width, l.height);
     // The same VAE draw as `edit` with this seed (its mask noise comes after).
-    let noise = Noise::seeded(args.seed, latent, 0)?;
+    let noise = Noise::drawn(params.rng, args.seed, latent, 0)?;
     let image = image_to_tensor(&l.processed)?;
     let progress = o.progress();
     let mut ledger = Ledger::default();

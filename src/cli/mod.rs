@@ -61,17 +61,19 @@ pub enum Command {
 /// Which model to run, and where.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Whole model: a diffusers folder or a Hugging Face repo id. Default: Stable Diffusion as the
-    /// tutorial combines it (CompVis/stable-diffusion-v1-4, stabilityai/sd-vae-ft-ema,
-    /// openai/clip-vit-large-patch14) when it is in the Hugging Face cache, else the bundled small
-    /// model (models/diffedit-shapes). `tutorial` asks for the tutorial's, downloading it if needed.
-    #[arg(long, value_name = "ID|DIR")]
+    /// Whole model: a diffusers folder, a Hugging Face repo id, or a single-file checkpoint
+    /// (FILE.safetensors in the original Stable Diffusion layout; .ckpt pickles are refused).
+    /// Default: Stable Diffusion as the tutorial combines it (CompVis/stable-diffusion-v1-4,
+    /// stabilityai/sd-vae-ft-ema, openai/clip-vit-large-patch14) when it is in the Hugging Face
+    /// cache, else the bundled small model (models/diffedit-shapes). `tutorial` asks for the
+    /// tutorial's, downloading it if needed.
+    #[arg(long, value_name = "ID|DIR|FILE")]
     pub model: Option<String>,
     /// UNet from another folder or repo.
     #[arg(long, value_name = "ID|DIR")]
     pub unet: Option<String>,
-    /// VAE from another folder or repo.
-    #[arg(long, value_name = "ID|DIR")]
+    /// VAE from another folder or repo, or a VAE file (FILE.safetensors, original layout).
+    #[arg(long, value_name = "ID|DIR|FILE")]
     pub vae: Option<String>,
     /// Text encoder (and, unless --tokenizer, tokenizer) from another folder or repo.
     #[arg(long, value_name = "ID|DIR")]
@@ -79,6 +81,10 @@ pub struct ModelArgs {
     /// Tokenizer from another folder or repo.
     #[arg(long, value_name = "ID|DIR")]
     pub tokenizer: Option<String>,
+    /// A diffusers model folder whose configs (unet/, vae/, text_encoder/, scheduler/) and
+    /// tokenizer a single-file checkpoint uses, instead of inferring them from its tensors.
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<String>,
     /// cpu, cuda (build with --features cuda) or metal (--features metal).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -98,6 +104,7 @@ impl ModelArgs {
             vae: self.vae.clone(),
             text_encoder: self.text_encoder.clone(),
             tokenizer: self.tokenizer.clone(),
+            config: self.config.clone(),
         }
     }
 

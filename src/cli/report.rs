@@ -10,7 +10,7 @@ use super::shared::{
     check_outputs, edit_heading, edit_noise, load, picture_tile, print_summary, warn_truncated, PictureArgs, Written,
 };
 use super::{default_out, ModelArgs, OutputArgs};
-use crate::diffedit::experiments::{compare, latents_to_image, prepare, standard_normal, Ledger, Stream};
+use crate::diffedit::experiments::{compare, latents_to_image, prepare, Ledger, Stream};
 use crate::error::Result;
 use crate::image_io::{image_to_tensor, map_values};
 use crate::viz::{self, figure};
@@ -52,7 +52,11 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let pipeline = l.engine.pipeline(params.clone())?;
     let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
     let latent = pipeline.latent_shape(l.width, l.height);
-    let img2img_noise = if args.img2img { Some(standard_normal(params.seed, Stream::Img2img, latent)?) } else { None };
+    let img2img_noise = if args.img2img {
+        Some(crate::rng::standard_normal(params.rng, params.seed, Stream::Img2img, latent)?)
+    } else {
+        None
+    };
     let image = image_to_tensor(&l.processed)?;
     let progress = o.progress();
     let mut ledger = Ledger::default();

@@ -127,7 +127,7 @@ pub fn edit_noise(pipeline: &DiffEdit, params: &EditParams, file: Option<&Path>,
     let latent = pipeline.latent_shape(l.width, l.height);
     match file {
         Some(path) => Noise::from_file(path, latent, params.mask_samples),
-        None => Noise::seeded(params.seed, latent, params.mask_samples),
+        None => Noise::drawn(params.rng, params.seed, latent, params.mask_samples),
     }
 }
 

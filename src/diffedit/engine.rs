@@ -37,7 +37,7 @@ pub struct Engine {
 /// Where an edit's random draws come from.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum NoiseSource {
-    /// Drawn from `params.seed`.
+    /// Drawn from `params.seed` with `params.rng`.
     #[default]
     Seeded,
     /// `vae_noise` and `mask_noise` from a safetensors file (shapes checked against the edit).
@@ -280,7 +280,7 @@ impl Engine {
         let f = self.model.vae_factor();
         let latent = (self.model.unet.config.in_channels, height / f, width / f);
         match source {
-            NoiseSource::Seeded => Noise::seeded(params.seed, latent, params.mask_samples),
+            NoiseSource::Seeded => Noise::drawn(params.rng, params.seed, latent, params.mask_samples),
             NoiseSource::File(path) => Noise::from_file(path, latent, params.mask_samples),
         }
     }

@@ -18,6 +18,7 @@ pub const PARAM_KEYS: &[&str] = &[
     "alignment",
     "seed",
     "mask_batch_size",
+    "rng",
 ];
 
 /// Typed reads of a JSON object's fields; messages name the field.
@@ -97,6 +98,10 @@ impl Fields<'_> {
             alignment,
             seed: self.count("seed")?.unwrap_or(base.seed),
             mask_batch_size: self.count("mask_batch_size")?.map_or(base.mask_batch_size, |v| v as usize),
+            rng: match self.text("rng")? {
+                Some(r) => r.parse().map_err(|e: crate::Error| e.to_string())?,
+                None => base.rng,
+            },
         };
         params.validate().map_err(|e| e.to_string())?;
         Ok(params)

@@ -53,6 +53,8 @@ pub struct EditParams {
     pub alignment: Alignment,
     /// Seed of the random draws (VAE posterior sample, mask noise) when no noise file is given.
     pub seed: u64,
+    /// The generator that turns `seed` into draws (PyTorch's by default).
+    pub rng: crate::rng::RngKind,
     /// UNet batch size for the 2N mask evaluations (memory vs speed).
     pub mask_batch_size: usize,
 }
@@ -69,6 +71,7 @@ impl Default for EditParams {
             mask_threshold: 0.5,
             alignment: Alignment::Exact,
             seed: 0,
+            rng: crate::rng::RngKind::Torch,
             mask_batch_size: 4,
         }
     }

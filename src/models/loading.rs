@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use super::clip::{ClipTextConfig, ClipTextModel};
 use super::config::read_config;
 use super::hub::{Fetcher, ModelSource};
+use super::single_file::{self, Checkpoint};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use super::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -34,6 +35,9 @@ pub struct ModelSpec {
     pub text_encoder: Option<String>,
     /// Defaults to the text encoder's source.
     pub tokenizer: Option<String>,
+    /// A diffusers folder whose component configs (and tokenizer) a single-file checkpoint
+    /// (`model` or `vae` naming a `.safetensors` file) uses instead of inferring them.
+    pub config: Option<String>,
 }
 
 /// Where each component was loaded from, for messages and summaries.
@@ -158,6 +162,7 @@ impl ModelSpec {
             && self.vae.is_none()
             && self.text_encoder.is_none()
             && self.tokenizer.is_none()
+            && self.config.is_none()
     }
 
     /// Settles what "no model named" means: Stable Diffusion (the tutorial's) whenever it is in
@@ -249,86 +254,129 @@ impl StableDiffusion {
         dtype: DType,
         matmul: crate::kernels::MatmulPrecision,
     ) -> Result<Self> {
+        // `--model FILE.safetensors` / `--vae FILE.safetensors`: single-file checkpoints.
+        let config_dir = spec.config.as_deref().map(Path::new);
+        let checkpoint = match spec.model.as_deref() {
+            Some(m) if single_file::names_a_file(m) => Some(Checkpoint::open(Path::new(m), config_dir)?),
+            _ => None,
+        };
+        let vae_file = match spec.vae.as_deref() {
+            Some(v) if single_file::names_a_file(v) => Some(Checkpoint::open(Path::new(v), config_dir)?),
+            _ => None,
+        };
+        if config_dir.is_some() && checkpoint.is_none() && vae_file.is_none() {
+            return Err(Error::invalid(
+                "--config applies to single-file checkpoints: pass --model FILE.safetensors or --vae FILE.safetensors",
+            ));
+        }
+        // A component named on its own wins; then the checkpoint; then the whole model.
         let pick = |own: &Option<String>, default: &str| -> Result<ModelSource> {
-            ModelSource::parse(own.as_deref().or(spec.model.as_deref()).unwrap_or(default))
+            let whole = if checkpoint.is_some() { None } else { spec.model.as_deref() };
+            ModelSource::parse(own.as_deref().or(whole).unwrap_or(default))
         };
-        let unet_src = pick(&spec.unet, DEFAULT_UNET)?;
-        let vae_src = pick(&spec.vae, DEFAULT_VAE)?;
-        let text_src = pick(&spec.text_encoder, DEFAULT_TEXT_ENCODER)?;
-        let tok_src = match (&spec.tokenizer, &spec.text_encoder) {
-            (Some(t), _) => ModelSource::parse(t)?,
-            (None, Some(_)) => text_src.clone(),
-            (None, None) => pick(&None, DEFAULT_TEXT_ENCODER)?,
-        };
+        let from_checkpoint = |own: &Option<String>| if own.is_none() { checkpoint.as_ref() } else { None };
 
         // Tokenizer first: it is cheap and its errors are the quickest to report.
-        let tok_sub = component_subfolder(fetcher, &tok_src, "tokenizer", "tokenizer_config.json")
-            .or_else(|_| component_subfolder(fetcher, &tok_src, "tokenizer", "vocab.json"))?;
-        let tok_dir = fetch_tokenizer_files(fetcher, &tok_src, &tok_sub)?;
-        let tokenizer = ClipTokenizer::from_dir(&tok_dir)?;
+        let (tokenizer, tokenizer_origin) = match from_checkpoint(&spec.tokenizer.clone().or(spec.text_encoder.clone()))
+        {
+            Some(ckpt) => ckpt.tokenizer()?,
+            None => {
+                let tok_src = match (&spec.tokenizer, &spec.text_encoder) {
+                    (Some(t), _) => ModelSource::parse(t)?,
+                    (None, Some(t)) => ModelSource::parse(t)?,
+                    (None, None) => pick(&None, DEFAULT_TEXT_ENCODER)?,
+                };
+                let tok_sub = component_subfolder(fetcher, &tok_src, "tokenizer", "tokenizer_config.json")
+                    .or_else(|_| component_subfolder(fetcher, &tok_src, "tokenizer", "vocab.json"))?;
+                let tok_dir = fetch_tokenizer_files(fetcher, &tok_src, &tok_sub)?;
+                (ClipTokenizer::from_dir(&tok_dir)?, origin(&tok_src, &tok_sub))
+            }
+        };
 
-        let text_sub = component_subfolder(fetcher, &text_src, "text_encoder", "config.json")?;
-        let text_cfg_path = fetcher.get(&text_src, &text_sub, "config.json")?;
-        let text_cfg = ClipTextConfig::from_file(&text_cfg_path)?;
-        let text_weights = open_weights(&fetcher.weight_files(&text_src, &text_sub)?)?;
-        let text_encoder = ClipTextModel::new(text_weights.var_builder(dtype, device), &text_cfg)?;
+        let (text_encoder, text_cfg, text_origin) = match from_checkpoint(&spec.text_encoder) {
+            Some(ckpt) => ckpt.text_encoder(dtype, device)?,
+            None => {
+                let text_src = pick(&spec.text_encoder, DEFAULT_TEXT_ENCODER)?;
+                let text_sub = component_subfolder(fetcher, &text_src, "text_encoder", "config.json")?;
+                let text_cfg_path = fetcher.get(&text_src, &text_sub, "config.json")?;
+                let text_cfg = ClipTextConfig::from_file(&text_cfg_path)?;
+                let text_weights = open_weights(&fetcher.weight_files(&text_src, &text_sub)?)?;
+                let text_encoder = ClipTextModel::new(text_weights.var_builder(dtype, device), &text_cfg)?;
+                (text_encoder, text_cfg, origin(&text_src, &text_sub))
+            }
+        };
 
-        let vae_sub = component_subfolder(fetcher, &vae_src, "vae", "config.json")?;
-        let vae_cfg_path = fetcher.get(&vae_src, &vae_sub, "config.json")?;
-        let vae_cfg: AutoencoderKLConfig = read_config(&vae_cfg_path)?;
-        check(&vae_cfg_path, vae_cfg.validate())?;
-        let vae_weights = open_weights(&fetcher.weight_files(&vae_src, &vae_sub)?)?;
-        let vae_dtype = if vae_cfg.force_upcast && dtype == DType::F16 { DType::F32 } else { dtype };
-        let vae = AutoencoderKL::new(vae_weights.var_builder(vae_dtype, device), &vae_cfg)?;
+        let (vae, vae_dtype, vae_origin) = match vae_file.as_ref().or(from_checkpoint(&spec.vae)) {
+            Some(ckpt) => ckpt.vae(dtype, device)?,
+            None => {
+                let vae_src = pick(&spec.vae, DEFAULT_VAE)?;
+                let vae_sub = component_subfolder(fetcher, &vae_src, "vae", "config.json")?;
+                let vae_cfg_path = fetcher.get(&vae_src, &vae_sub, "config.json")?;
+                let vae_cfg: AutoencoderKLConfig = read_config(&vae_cfg_path)?;
+                check(&vae_cfg_path, vae_cfg.validate())?;
+                let vae_weights = open_weights(&fetcher.weight_files(&vae_src, &vae_sub)?)?;
+                let vae_dtype = if vae_cfg.force_upcast && dtype == DType::F16 { DType::F32 } else { dtype };
+                let vae = AutoencoderKL::new(vae_weights.var_builder(vae_dtype, device), &vae_cfg)?;
+                (vae, vae_dtype, origin(&vae_src, &vae_sub))
+            }
+        };
+        let vae_cfg = vae.config.clone();
 
-        let unet_sub = component_subfolder(fetcher, &unet_src, "unet", "config.json")?;
-        let unet_cfg_path = fetcher.get(&unet_src, &unet_sub, "config.json")?;
-        let unet_cfg: UNet2DConditionConfig = read_config(&unet_cfg_path)?;
-        check(&unet_cfg_path, unet_cfg.validate())?;
-        let unet_weights = open_weights(&fetcher.weight_files(&unet_src, &unet_sub)?)?;
-        let unet = UNet2DConditionModel::new(unet_weights.var_builder(dtype, device), &unet_cfg)?;
+        let (unet, unet_origin) = match from_checkpoint(&spec.unet) {
+            Some(ckpt) => ckpt.unet(dtype, device)?,
+            None => {
+                let unet_src = pick(&spec.unet, DEFAULT_UNET)?;
+                let unet_sub = component_subfolder(fetcher, &unet_src, "unet", "config.json")?;
+                let unet_cfg_path = fetcher.get(&unet_src, &unet_sub, "config.json")?;
+                let unet_cfg: UNet2DConditionConfig = read_config(&unet_cfg_path)?;
+                check(&unet_cfg_path, unet_cfg.validate())?;
+                let unet_weights = open_weights(&fetcher.weight_files(&unet_src, &unet_sub)?)?;
+                let unet = UNet2DConditionModel::new(unet_weights.var_builder(dtype, device), &unet_cfg)?;
+                (unet, origin(&unet_src, &unet_sub))
+            }
+        };
+        let unet_cfg = unet.config.clone();
 
         // A whole model brings its scheduler config (read as diffusers' DDIMScheduler.from_pretrained
         // would); the tutorial's combination uses the tutorial's explicit DDIM settings.
-        let (schedule, scheduler_origin) = match &spec.model {
-            Some(m) => {
+        let (schedule, scheduler_origin) = match (&checkpoint, &spec.model) {
+            (Some(ckpt), _) => ckpt.schedule()?,
+            (None, Some(m)) => {
                 let src = ModelSource::parse(m)?;
                 match fetcher.get_optional(&src, "scheduler", "scheduler_config.json")? {
                     Some(path) => (DdimSchedule::from_file(&path)?, origin(&src, "scheduler")),
                     None => (DdimSchedule::new(tutorial_scheduler_config())?, "tutorial DDIM settings".to_string()),
                 }
             }
-            None => (DdimSchedule::new(tutorial_scheduler_config())?, "tutorial DDIM settings".to_string()),
+            (None, None) => (DdimSchedule::new(tutorial_scheduler_config())?, "tutorial DDIM settings".to_string()),
         };
 
         if text_cfg.hidden_size != cross_attention_width(&unet_cfg) {
             return Err(Error::Model(format!(
-                "the text encoder ({}) has hidden size {} but the UNet ({}) expects cross_attention_dim {}",
-                origin(&text_src, &text_sub),
+                "the text encoder ({text_origin}) has hidden size {} but the UNet ({unet_origin}) expects cross_attention_dim {}",
                 text_cfg.hidden_size,
-                origin(&unet_src, &unet_sub),
                 cross_attention_width(&unet_cfg)
             )));
         }
         if vae_cfg.latent_channels != unet_cfg.in_channels {
             return Err(Error::Model(format!(
-                "the VAE ({}) has {} latent channels but the UNet ({}) takes {}",
-                origin(&vae_src, &vae_sub),
-                vae_cfg.latent_channels,
-                origin(&unet_src, &unet_sub),
-                unet_cfg.in_channels
+                "the VAE ({vae_origin}) has {} latent channels but the UNet ({unet_origin}) takes {}",
+                vae_cfg.latent_channels, unet_cfg.in_channels
             )));
         }
 
         let origins = ComponentOrigins {
-            unet: origin(&unet_src, &unet_sub),
-            vae: origin(&vae_src, &vae_sub),
-            text_encoder: origin(&text_src, &text_sub),
-            tokenizer: origin(&tok_src, &tok_sub),
+            unet: unet_origin,
+            vae: vae_origin,
+            text_encoder: text_origin,
+            tokenizer: tokenizer_origin,
             scheduler: scheduler_origin,
         };
-        let model_dir = match spec.model.as_deref().map(ModelSource::parse).transpose()? {
-            Some(ModelSource::Dir(dir)) => Some(dir),
+        let model_dir = match spec.model.as_deref() {
+            Some(m) if checkpoint.is_none() => match ModelSource::parse(m)? {
+                ModelSource::Dir(dir) => Some(dir),
+                _ => None,
+            },
             _ => None,
         };
         Ok(Self {

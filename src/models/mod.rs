@@ -6,6 +6,7 @@ pub mod config;
 pub mod hub;
 pub mod loading;
 pub mod resnet;
+pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

@@ -361,6 +361,17 @@ impl ClipTokenizer {
     pub fn max_length(&self) -> usize {
         self.max_length
     }
+
+    /// The same vocabulary padded with `pad` (SD 2.x's tokenizer pads with `!`), which, as
+    /// transformers does with every special token, is then matched in the raw text too.
+    pub fn with_pad_token(mut self, pad: &str) -> std::result::Result<Self, String> {
+        let id = *self.vocab.get(pad).ok_or_else(|| format!("pad token {pad:?} is not in the vocabulary"))?;
+        if !self.added.iter().any(|t| t.content == pad) {
+            self.added.push(AddedToken { content: pad.to_string(), id, normalized: false });
+        }
+        self.pad_id = id;
+        Ok(self)
+    }
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

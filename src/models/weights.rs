@@ -109,6 +109,11 @@ impl Weights {
         self.lookup(name).is_some()
     }
 
+    /// The stored shape of `name`, if it is there (under its own name or an alias).
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.lookup(name).map(|e| e.shape.as_slice())
+    }
+
     /// Names of all stored tensors.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(|s| s.as_str())

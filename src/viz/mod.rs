@@ -1,6 +1,7 @@
 //! Pictures for people: masks, heat maps and overlays at the input's size.
 
 pub mod colormaps;
+pub mod edit_grid;
 pub mod figure;
 
 use image::{Rgb, RgbImage};
