@@ -31,6 +31,9 @@ pub enum Error {
     /// The computation was stopped on request (a cancelled job).
     #[error("cancelled")]
     Cancelled,
+    /// A cache-only pipeline met a stage whose result is not cached.
+    #[error("not cached")]
+    NotCached,
     /// Errors raised inside candle's tensor operations. Weight errors raised through our
     /// `VarBuilder` backend also arrive here, already naming file and tensor.
     #[error("{0}")]

@@ -23,6 +23,34 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
     }
     let img = reader.decode().map_err(|e| bad(format!("cannot decode image: {e}")))?;
+    check_sides(&img, &bad)?;
+    Ok(to_rgb_over_white(img))
+}
+
+/// What the first bytes of a picture say: its format and size, read without decoding it.
+/// `Err(None)` when the format is not one we read; `Err(Some(msg))` when the header is broken.
+pub fn probe_bytes(bytes: &[u8]) -> std::result::Result<(image::ImageFormat, u32, u32), Option<String>> {
+    let reader =
+        ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Some(e.to_string()))?;
+    let format = reader.format().ok_or(None)?;
+    let (w, h) = reader.into_dimensions().map_err(|e| Some(format!("cannot read the picture's header: {e}")))?;
+    Ok((format, w, h))
+}
+
+/// [`load_rgb`] on a picture's bytes (`name` for messages): the same checks and the same
+/// conversion, so an uploaded picture gives exactly the pixels of the same file read from disk.
+pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    let bad = |msg: String| Error::Image { path: PathBuf::from(name), msg };
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
+    }
+    let img = reader.decode().map_err(|e| bad(format!("cannot decode image: {e}")))?;
+    check_sides(&img, &bad)?;
+    Ok(to_rgb_over_white(img))
+}
+
+fn check_sides(img: &DynamicImage, bad: &dyn Fn(String) -> Error) -> Result<()> {
     let (w, h) = img.dimensions();
     if w < MIN_INPUT_SIDE || h < MIN_INPUT_SIDE {
         return Err(bad(format!("image is {w}x{h}; each side must be at least {MIN_INPUT_SIDE} pixels")));
@@ -30,7 +58,26 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE {
         return Err(bad(format!("image is {w}x{h}; each side must be at most {MAX_INPUT_SIDE} pixels")));
     }
-    Ok(to_rgb_over_white(img))
+    Ok(())
+}
+
+/// A mask picture's bytes as 8-bit grey levels, as [`load_gray`] reads a file.
+pub fn decode_gray(bytes: &[u8], name: &str) -> Result<image::GrayImage> {
+    let bad = |msg: String| Error::Image { path: PathBuf::from(name), msg };
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
+    }
+    let img = reader.decode().map_err(|e| bad(format!("cannot decode mask picture: {e}")))?;
+    to_gray(img, &bad)
+}
+
+/// The PNG bytes of a picture, as every PNG this program writes is encoded.
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
+        .map_err(|e| Error::invalid(format!("cannot encode a PNG: {e}")))?;
+    Ok(buf)
 }
 
 /// Reads a mask picture as 8-bit grey levels (any size, any supported format). Colour is
@@ -45,6 +92,10 @@ pub fn load_gray(path: &Path) -> Result<image::GrayImage> {
         return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
     }
     let img = reader.decode().map_err(|e| bad(format!("cannot decode mask picture: {e}")))?;
+    to_gray(img, &bad)
+}
+
+fn to_gray(img: DynamicImage, bad: &dyn Fn(String) -> Error) -> Result<image::GrayImage> {
     let (w, h) = img.dimensions();
     if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE {
         return Err(bad(format!("mask picture is {w}x{h}; each side must be at most {MAX_INPUT_SIDE} pixels")));
@@ -214,6 +265,10 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 /// Saves a picture atomically; the format follows the extension (PNG when there is none).
 pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
     let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
+    if format == image::ImageFormat::Png {
+        let bytes = encode_png(img)?;
+        return write_atomic(path, |tmp| std::fs::write(tmp, &bytes).map_err(|e| Error::io(tmp, e)));
+    }
     write_atomic(path, |tmp| {
         img.save_with_format(tmp, format)
             .map_err(|e| Error::Image { path: PathBuf::from(path), msg: format!("cannot write: {e}") })

@@ -17,6 +17,7 @@ pub mod models;
 pub mod paste;
 pub mod rng;
 pub mod scheduler;
+pub mod server;
 pub mod synth;
 pub mod trace;
 pub mod viz;

@@ -12,6 +12,7 @@ mod mask;
 mod progress;
 mod report;
 pub mod scenes;
+mod serve;
 mod shared;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Edit a picture: find where SOURCE and TARGET disagree and repaint only there.
     Edit(edit::EditArgs),
+    /// A local web app for editing by looking (find the mask, move the threshold, paint, edit).
+    Serve(serve::ServeArgs),
     /// Edit every row of a manifest (JSON Lines or CSV): resumable, shardable over array jobs.
     Batch(batch::BatchArgs),
     /// Draw a picture from a prompt (DDIM with classifier-free guidance).
@@ -190,6 +193,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Edit(args) => edit::run(&args),
         Command::Batch(args) => batch::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Mask(args) => mask::run(&args),
         Command::Invert(args) => invert::run(&args),

@@ -352,7 +352,28 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<MaskResult> {
         edit.check()?;
-        let pipeline = self.pipeline(edit.params.clone())?;
+        self.mask_with(self.pipeline(edit.params.clone())?, prepared, edit, progress)
+    }
+
+    /// [`Engine::mask_picture`] when every stage it needs is cached (a new threshold for a mask
+    /// found before): `None`, having computed nothing, when something is missing.
+    pub fn mask_picture_cached(&self, prepared: &PreparedPicture, edit: &PictureEdit) -> Result<Option<MaskResult>> {
+        edit.check()?;
+        let pipeline = self.pipeline(edit.params.clone())?.cache_only();
+        match self.mask_with(pipeline, prepared, edit, &super::Silent) {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::NotCached) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mask_with(
+        &self,
+        pipeline: DiffEdit<'_>,
+        prepared: &PreparedPicture,
+        edit: &PictureEdit,
+        progress: &dyn Progress,
+    ) -> Result<MaskResult> {
         let noise = self.noise(&edit.params, &edit.noise, prepared.width, prepared.height)?;
         pipeline.check_noise(&prepared.tensor, &noise)?;
         progress.start(Stage::Encode, 1);

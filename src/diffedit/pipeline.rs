@@ -179,6 +179,9 @@ pub struct DiffEdit<'m> {
     unet: Counted<'m, StableDiffusion>,
     timesteps: Vec<i64>,
     cache: Option<&'m StageCache>,
+    /// False: a stage whose result is not cached fails with [`Error::NotCached`] instead of
+    /// computing (for answering at once what needs no work).
+    compute: bool,
 }
 
 /// A candle error raised because `progress` asked to stop becomes [`Error::Cancelled`].
@@ -195,13 +198,27 @@ impl<'m> DiffEdit<'m> {
     pub fn new(model: &'m StableDiffusion, params: EditParams) -> Result<Self> {
         params.validate()?;
         let timesteps = model.schedule.timesteps(params.steps)?;
-        Ok(Self { model, params, unet: Counted::new(model), timesteps, cache: None })
+        Ok(Self { model, params, unet: Counted::new(model), timesteps, cache: None, compute: true })
     }
 
     /// A pipeline that reuses (and records) stage results in `cache`. The cache must only ever
     /// serve this one model.
     pub fn with_cache(model: &'m StableDiffusion, params: EditParams, cache: &'m StageCache) -> Result<Self> {
         Ok(Self { cache: Some(cache), ..Self::new(model, params)? })
+    }
+
+    /// This pipeline answering only from its cache: any stage not cached fails with
+    /// [`Error::NotCached`], and nothing is computed.
+    pub fn cache_only(self) -> Self {
+        Self { compute: false, ..self }
+    }
+
+    fn may_compute(&self) -> Result<()> {
+        if self.compute {
+            Ok(())
+        } else {
+            Err(Error::NotCached)
+        }
     }
 
     /// UNet rows evaluated through this pipeline so far.
@@ -246,6 +263,7 @@ impl<'m> DiffEdit<'m> {
         if let Some(Cached::Embedding { embedding, truncated }) = key.as_ref().and_then(|k| self.lookup(k)) {
             return Ok((embedding, truncated));
         }
+        self.may_compute()?;
         let (embedding, tokens) = self.model.encode_prompt(prompt)?;
         if let Some(k) = key {
             self.store(k, Cached::Embedding { embedding: embedding.clone(), truncated: tokens.truncated });
@@ -288,6 +306,7 @@ impl<'m> DiffEdit<'m> {
         if let Some(Cached::Tensor(t)) = key.as_ref().and_then(|k| self.lookup(k)) {
             return Ok(t);
         }
+        self.may_compute()?;
         let m = self.model;
         let pixels = image.to_device(&m.device)?.to_dtype(m.vae_dtype)?;
         let dist = m.vae.encode(&pixels)?;
@@ -340,6 +359,7 @@ impl<'m> DiffEdit<'m> {
             if let Some(t) = found {
                 return Ok(t);
             }
+            self.may_compute()?;
             let p = mask_predictions(&self.unet, &self.model.schedule, latents, emb, &noise, t, batch, progress)
                 .map_err(|e| lift(e, progress))?;
             if let Some(k) = key {
@@ -385,6 +405,7 @@ impl<'m> DiffEdit<'m> {
             all.truncate(n_steps + 1);
             return Ok(all);
         }
+        self.may_compute()?;
         let spec = InversionSpec {
             schedule: &self.model.schedule,
             timesteps: &self.timesteps,
@@ -448,6 +469,7 @@ impl<'m> DiffEdit<'m> {
         if let Some(Cached::Sequence(history)) = key.as_ref().and_then(|k| self.lookup(k)) {
             return Ok(history);
         }
+        self.may_compute()?;
         let blend = mask.map(|mask| Blend { mask, inverted, alignment });
         let history = ddim_decode(
             &self.unet,
@@ -475,6 +497,7 @@ impl<'m> DiffEdit<'m> {
         if let Some(Cached::Tensor(t)) = key.as_ref().and_then(|k| self.lookup(k)) {
             return Ok(t);
         }
+        self.may_compute()?;
         let z = (latents.to_dtype(self.model.vae_dtype)? / self.model.vae.config.scaling_factor)?;
         let decoded = self.model.vae.decode(&z)?;
         if let Some(k) = key {

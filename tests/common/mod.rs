@@ -42,3 +42,5 @@ pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
     eprintln!("{name}: rel_l2 {err:.3e} (tol {tol:.1e})");
     assert!(err <= tol, "{name}: relative L2 error {err:.3e} > {tol:.1e}");
 }
+
+pub mod serve;

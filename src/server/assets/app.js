@@ -414,7 +414,8 @@
     busy(1);
     $("picture-info").textContent = `Uploading ${name || file.name || "the picture"}…`;
     try {
-      const info = await api("POST", "/api/images", file, file.type || "application/octet-stream");
+      const uploadName = name || file.name || "picture.png";
+      const info = await api("POST", `/api/images?name=${encodeURIComponent(uploadName)}`, file, file.type || "application/octet-stream");
       await setPicture({ id: info.id, width: info.width, height: info.height, name: name || file.name || "picture" });
     } catch (e) {
       $("picture-info").textContent = state.image ? pictureInfo(state.image) : "None yet: open one, drop it on the page or paste it (Ctrl+V).";
@@ -630,7 +631,8 @@
         if (!painted) return {};
         $("stage").textContent = "Uploading the painted mask…";
         const blob = await editor.exportBlob();
-        const up = await api("POST", "/api/images", blob, "image/png");
+        const stem = ((state.image && state.image.name) || "picture").replace(/\.[^.]*$/, "");
+        const up = await api("POST", `/api/images?name=${encodeURIComponent(`mask-${stem}.png`)}`, blob, "image/png");
         return { mask: up.id };
       },
     );
