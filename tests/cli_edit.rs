@@ -524,3 +524,78 @@ fn seed_alone_reproduces_the_reference_run_with_torch_draws() {
     let err = rel_l2(&native["latents"], &expected["latents"]);
     assert!(err > 0.1, "the native generator's latents should differ from torch's, rel_l2 {err:.3e}");
 }
+
+/// `--mask` and `--negative-prompt` against the reference run with both features
+/// (tools/make_mask_negative_fixture.py): the given mask is the trace's mask (no mask UNet
+/// evaluation), the negative prompt's embedding is the unconditional one, and with inversion
+/// guidance 2 both the inversion and the decoding match the reference within 1e-3.
+#[test]
+fn a_given_mask_and_a_negative_prompt_match_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.safetensors");
+    let out = dir.path().join("out.png");
+    let args: Vec<String> = [
+        "edit",
+        "--model",
+        &tiny(),
+        "--image",
+        &fixture("sd1_mask_negative_in.png"),
+        "--source",
+        "a bowl of fruit on a table",
+        "--target",
+        "a basket of fruit on a table",
+        "--steps",
+        "10",
+        "--mask-samples",
+        "4",
+        "--inversion-guidance",
+        "2.0",
+        "--guidance",
+        "6.0",
+        "--alignment",
+        "exact",
+        "--seed",
+        "42",
+        "--mask",
+        &fixture("sd1_mask_negative_mask.png"),
+        "--negative-prompt",
+        "a blurry dark picture",
+        "--out",
+        out.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["unet_evaluations_by_stage"]["mask"], 0, "a given mask costs no UNet evaluation");
+    assert_eq!(summary["mask_given"], true);
+    let ours = load_fixture(&trace);
+    let expected = load_fixture(&fixtures().join("pipeline/sd1_mask_negative.safetensors"));
+    let cells = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(cells(&ours["mask"]), cells(&expected["mask"]), "the trace's mask is the given one");
+    assert!((summary["mask_coverage"].as_f64().unwrap() - 210.0 / 1024.0).abs() < 1e-12, "{summary}");
+    for key in ["emb_target", "emb_reference", "emb_uncond", "latents", "inv_latents", "dec_latents", "decoded"] {
+        let err = rel_l2(&ours[key], &expected[key]);
+        eprintln!("{key:14} rel_l2 {err:.2e}");
+        assert!(err <= 1e-3, "{key}: rel_l2 {err:.3e}");
+    }
+    // Without the negative prompt the unconditional side is the empty prompt's, and the
+    // inversion (guidance 2) and the result change.
+    let plain_trace = dir.path().join("plain.safetensors");
+    let mut plain: Vec<&str> =
+        refs.iter().copied().filter(|a| *a != "--negative-prompt" && *a != "a blurry dark picture").collect();
+    let pos = plain.iter().position(|a| *a == "--trace").unwrap();
+    plain[pos + 1] = plain_trace.to_str().unwrap();
+    assert!(run(&plain).status.success());
+    let plain = load_fixture(&plain_trace);
+    assert!(rel_l2(&plain["emb_uncond"], &ours["emb_uncond"]) > 0.01);
+    assert!(rel_l2(&plain["inv_latents"], &ours["inv_latents"]) > 1e-4);
+    assert_eq!(cells(&plain["mask"]), cells(&ours["mask"]));
+}
