@@ -88,7 +88,7 @@ impl BatchObserver for Quiet {}
 /// The rows of `manifest` that `shard` runs, in the order it runs them: groups (same picture and
 /// source prompt) in order of first appearance, dealt round-robin; rows in file order within a
 /// group. Unusable rows form groups of their own.
-pub fn shard_rows<'m>(manifest: &'m Manifest, shard: Shard) -> Vec<&'m Row> {
+pub fn shard_rows(manifest: &Manifest, shard: Shard) -> Vec<&Row> {
     let base = manifest.base_dir();
     let mut groups: Vec<Vec<&Row>> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
