@@ -15,16 +15,8 @@ pub const MAX_INPUT_SIDE: u32 = 16384;
 /// Reads a picture and converts it to 8-bit RGB. Grayscale, palette and 16-bit pictures are
 /// converted; transparent pixels are composited over white.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bad = |msg: String| Error::Image { path: path.to_path_buf(), msg };
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader =
-        ImageReader::new(std::io::BufReader::new(file)).with_guessed_format().map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
-    }
-    let img = reader.decode().map_err(|e| bad(format!("cannot decode image: {e}")))?;
-    check_sides(&img, &bad)?;
-    Ok(to_rgb_over_white(img))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb(&bytes, &path.display().to_string())
 }
 
 /// What the first bytes of a picture say: its format and size, read without decoding it.
@@ -41,13 +33,18 @@ pub fn probe_bytes(bytes: &[u8]) -> std::result::Result<(image::ImageFormat, u32
 /// conversion, so an uploaded picture gives exactly the pixels of the same file read from disk.
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     let bad = |msg: String| Error::Image { path: PathBuf::from(name), msg };
+    let img = reader(bytes, &bad)?.decode().map_err(|e| bad(format!("cannot decode image: {e}")))?;
+    check_sides(&img, &bad)?;
+    Ok(to_rgb_over_white(img))
+}
+
+/// A reader of a picture's bytes whose format is known (an error naming the formats otherwise).
+fn reader<'a>(bytes: &'a [u8], bad: &dyn Fn(String) -> Error) -> Result<ImageReader<std::io::Cursor<&'a [u8]>>> {
     let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
         return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
     }
-    let img = reader.decode().map_err(|e| bad(format!("cannot decode image: {e}")))?;
-    check_sides(&img, &bad)?;
-    Ok(to_rgb_over_white(img))
+    Ok(reader)
 }
 
 fn check_sides(img: &DynamicImage, bad: &dyn Fn(String) -> Error) -> Result<()> {
@@ -64,11 +61,7 @@ fn check_sides(img: &DynamicImage, bad: &dyn Fn(String) -> Error) -> Result<()> 
 /// A mask picture's bytes as 8-bit grey levels, as [`load_gray`] reads a file.
 pub fn decode_gray(bytes: &[u8], name: &str) -> Result<image::GrayImage> {
     let bad = |msg: String| Error::Image { path: PathBuf::from(name), msg };
-    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
-    }
-    let img = reader.decode().map_err(|e| bad(format!("cannot decode mask picture: {e}")))?;
+    let img = reader(bytes, &bad)?.decode().map_err(|e| bad(format!("cannot decode mask picture: {e}")))?;
     to_gray(img, &bad)
 }
 
@@ -84,15 +77,8 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
 /// converted to luma; transparent pixels count as black (not to be edited), so a white-on-
 /// transparent mask from a painting program reads as drawn.
 pub fn load_gray(path: &Path) -> Result<image::GrayImage> {
-    let bad = |msg: String| Error::Image { path: path.to_path_buf(), msg };
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader =
-        ImageReader::new(std::io::BufReader::new(file)).with_guessed_format().map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        return Err(bad("not a supported image format (PNG, JPEG, BMP, GIF, TIFF or WebP expected)".into()));
-    }
-    let img = reader.decode().map_err(|e| bad(format!("cannot decode mask picture: {e}")))?;
-    to_gray(img, &bad)
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_gray(&bytes, &path.display().to_string())
 }
 
 fn to_gray(img: DynamicImage, bad: &dyn Fn(String) -> Error) -> Result<image::GrayImage> {

@@ -10,30 +10,19 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::diffedit::fields::{self, Fields};
+use crate::diffedit::engine::PictureEdit;
+use crate::diffedit::fields::{self, EditOptions, Fields};
 use crate::diffedit::EditParams;
 use crate::error::{Error, Result};
 
-/// The keys a row may carry besides `id`, `image`, `source` and `target`.
-pub const PARAMETER_KEYS: &[&str] = &[
-    "steps",
-    "encode_ratio",
-    "guidance",
-    "inversion_guidance",
-    "mask_samples",
-    "mask_noise_level",
-    "mask_threshold",
-    "alignment",
-    "seed",
-    "mask_batch_size",
-    "rng",
-    "mask",
-    "mask_dilate",
-    "mask_blur",
-    "negative_prompt",
-    "size",
-    "keep_background",
-];
+/// The keys a row may carry besides the edit's parameters and options ([`fields::PARAM_KEYS`],
+/// [`fields::OPTION_KEYS`]).
+pub const ROW_KEYS: &[&str] = &["id", "image", "source", "target", "mask", "size"];
+
+/// Every key a row may carry.
+pub fn known_keys() -> Vec<&'static str> {
+    [ROW_KEYS, fields::PARAM_KEYS, fields::OPTION_KEYS].concat()
+}
 
 /// One row as read: where it is, its id, and its fields (or why it cannot be used).
 #[derive(Debug, Clone)]
@@ -51,13 +40,7 @@ pub struct RowSpec {
     pub image: PathBuf,
     pub source: String,
     pub target: String,
-    pub params: EditParams,
-    pub mask: Option<PathBuf>,
-    pub mask_dilate: f64,
-    pub mask_blur: Option<f64>,
-    pub negative_prompt: Option<String>,
-    pub size: Option<(usize, usize)>,
-    pub keep_background: bool,
+    pub settings: RowSettings,
 }
 
 /// The manifest's rows, in file order.
@@ -191,93 +174,63 @@ fn mark_duplicates(rows: &mut [Row]) {
     }
 }
 
-/// The defaults a row's missing fields take: the command line's flags (and the model's
-/// settings), as `diffedit edit` would use them.
-#[derive(Debug, Clone)]
-pub struct RowDefaults {
+/// A row's settings; the command line's flags (and the model's settings) give the defaults, as
+/// `diffedit edit` would use them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowSettings {
     pub params: EditParams,
+    /// A mask picture to decode with (none: DiffEdit's own).
     pub mask: Option<PathBuf>,
-    pub mask_dilate: f64,
-    pub mask_blur: Option<f64>,
-    pub negative_prompt: Option<String>,
     pub size: Option<(usize, usize)>,
-    pub keep_background: bool,
+    pub options: EditOptions,
+}
+
+impl RowSpec {
+    /// The edit this row asks for (its mask picture read separately).
+    pub fn picture_edit(&self) -> PictureEdit {
+        let s = &self.settings;
+        PictureEdit { size: s.size, ..PictureEdit::new(&self.source, &self.target, s.params.clone()) }
+            .with_options(&s.options)
+    }
 }
 
 impl Row {
     /// The row resolved against `defaults`, paths relative to `base`; errors name the field.
-    pub fn spec(&self, defaults: &RowDefaults, base: &Path) -> std::result::Result<RowSpec, String> {
+    pub fn spec(&self, defaults: &RowSettings, base: &Path) -> std::result::Result<RowSpec, String> {
         let fields = self.fields.as_ref().map_err(Clone::clone)?;
         let f = Fields(fields);
-        let mut known = vec!["id", "image", "source", "target"];
-        known.extend(PARAMETER_KEYS);
-        f.only(&known)?;
+        f.only(&known_keys())?;
         let required = |key: &str| -> std::result::Result<String, String> {
             f.text(key)?.ok_or_else(|| format!("the row has no `{key}`"))
         };
         let image = base.join(required("image")?);
         let source = required("source")?;
         let target = required("target")?;
-        if source.trim().is_empty() {
-            return Err("source prompt is empty: describe the picture as it is".into());
-        }
-        if target.trim().is_empty() {
-            return Err("target prompt is empty: describe the picture as it should become".into());
-        }
         let params = f.edit_params(&defaults.params).map_err(|e| flags_as_keys(&e))?;
-        let keep_background = f.boolean("keep_background")?.unwrap_or(defaults.keep_background);
         let size = match f.text("size")? {
             Some(s) => Some(crate::image_io::parse_size(&s).map_err(|e| flags_as_keys(&e.to_string()))?),
             None => defaults.size,
         };
-        let mask_dilate = f.number("mask_dilate")?.unwrap_or(defaults.mask_dilate);
-        if !(mask_dilate.is_finite() && mask_dilate >= 0.0) {
-            return Err(format!("mask_dilate must be a finite number of pixels >= 0, got {mask_dilate}"));
-        }
-        let mask_blur = f.number("mask_blur")?.or(defaults.mask_blur);
-        if let Some(sigma) = mask_blur {
-            crate::diffedit::experiments::check_sigma(sigma).map_err(|e| flags_as_keys(&e.to_string()))?;
-        }
-        let negative_prompt = f.text("negative_prompt")?.or_else(|| defaults.negative_prompt.clone());
-        if negative_prompt.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            return Err("negative_prompt is empty: leave it out for the empty prompt".into());
-        }
+        let options = f.edit_options(&defaults.options)?;
         let mask = f.text("mask")?.map(|m| base.join(m)).or_else(|| defaults.mask.clone());
-        Ok(RowSpec {
-            image,
-            source,
-            target,
-            params,
-            mask,
-            mask_dilate,
-            mask_blur,
-            negative_prompt,
-            size,
-            keep_background,
-        })
+        let spec = RowSpec { image, source, target, settings: RowSettings { params, mask, size, options } };
+        spec.picture_edit().check().map_err(|e| flags_as_keys(&e.to_string()))?;
+        Ok(spec)
     }
 }
 
 /// A message naming command-line flags (`--mask-threshold`) rewritten with the manifest's keys
 /// (`mask_threshold`).
 pub fn flags_as_keys(msg: &str) -> String {
-    fields::flags_as_keys(msg, PARAMETER_KEYS)
+    fields::flags_as_keys(msg, &known_keys())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn defaults() -> RowDefaults {
-        RowDefaults {
-            params: EditParams::default(),
-            mask: None,
-            mask_dilate: 0.0,
-            mask_blur: None,
-            negative_prompt: None,
-            size: None,
-            keep_background: false,
-        }
+    fn defaults() -> RowSettings {
+        RowSettings::default()
     }
 
     #[test]
@@ -294,7 +247,10 @@ mod tests {
         let base = Path::new("/data");
         let spec = rows[1].spec(&defaults(), base).unwrap();
         assert_eq!(spec.image, PathBuf::from("/data/b.png"));
-        assert_eq!((spec.params.mask_threshold, spec.params.seed, spec.params.steps), (0.3, 4, 50));
+        assert_eq!(
+            (spec.settings.params.mask_threshold, spec.settings.params.seed, spec.settings.params.steps),
+            (0.3, 4, 50)
+        );
         assert!(rows[2].spec(&defaults(), base).unwrap_err().starts_with("line 4: not valid JSON"));
         assert_eq!(rows[3].spec(&defaults(), base).unwrap_err(), "duplicate id `x` (first on line 3)");
         assert!(rows[4].spec(&defaults(), base).unwrap_err().starts_with("id `../up` cannot name files"));
@@ -333,9 +289,12 @@ mod tests {
         let rows = read_csv(Path::new("m.csv"), text).unwrap();
         assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "3", "4"]);
         let a = rows[0].spec(&defaults(), Path::new("dir")).unwrap();
-        assert_eq!((a.params.guidance, a.keep_background, a.image.clone()), (3.5, true, PathBuf::from("dir/p.png")));
+        assert_eq!(
+            (a.settings.params.guidance, a.settings.options.keep_background, a.image.clone()),
+            (3.5, true, PathBuf::from("dir/p.png"))
+        );
         let b = rows[1].spec(&defaults(), Path::new("dir")).unwrap();
-        assert_eq!(b.params.guidance, 7.5);
+        assert_eq!(b.settings.params.guidance, 7.5);
         assert_eq!(rows[2].spec(&defaults(), Path::new("dir")).unwrap_err(), "line 4: 3 values for 6 columns");
         let err = read_csv(Path::new("m.csv"), "picture,source,target\n").unwrap_err().to_string();
         assert!(err.contains("no `image` column"), "{err}");

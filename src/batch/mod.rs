@@ -20,11 +20,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::diffedit::engine::{Engine, MaskSpec, PictureEdit};
+use crate::diffedit::engine::{Engine, MaskSpec};
 use crate::diffedit::Progress;
 use crate::error::{Error, Result};
 use crate::image_io::{load_gray, load_rgb, save_image, write_atomic};
-use manifest::{Manifest, Row, RowDefaults, RowSpec};
+use manifest::{Manifest, Row, RowSettings, RowSpec};
 use results::{file_sha256, read_all, ResultLine, ResultsWriter, WrittenFile};
 use shard::Shard;
 
@@ -42,7 +42,7 @@ pub struct BatchOptions {
     pub out_dir: PathBuf,
     pub shard: Shard,
     /// What rows take for the fields they leave out.
-    pub defaults: RowDefaults,
+    pub defaults: RowSettings,
     pub extra: ExtraOutputs,
 }
 
@@ -138,10 +138,9 @@ fn fingerprint(engine: &Engine, spec: &RowSpec, image: &[u8], mask: Option<&[u8]
     field("mask", mask.unwrap_or(b"-"));
     field("source", spec.source.as_bytes());
     field("target", spec.target.as_bytes());
-    field("negative_prompt", spec.negative_prompt.as_deref().unwrap_or("\u{0}").as_bytes());
-    field("params", serde_json::to_string(&spec.params).unwrap_or_default().as_bytes());
-    let options = format!("{:?}|{}|{}|{:?}", spec.size, spec.keep_background, spec.mask_dilate, spec.mask_blur);
-    field("options", options.as_bytes());
+    let s = &spec.settings;
+    field("params", serde_json::to_string(&s.params).unwrap_or_default().as_bytes());
+    field("options", format!("{:?}|{:?}", s.size, s.options).as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -325,13 +324,13 @@ struct Prepared {
 fn prepare_row(
     engine: &Engine,
     row: &Row,
-    defaults: &RowDefaults,
+    defaults: &RowSettings,
     base: &Path,
 ) -> std::result::Result<Prepared, String> {
     let spec = row.spec(defaults, base)?;
     let image_bytes = std::fs::read(&spec.image).map_err(|e| Error::io(&spec.image, e).to_string())?;
     let picture = load_rgb(&spec.image).map_err(|e| e.to_string())?;
-    let (mask, mask_bytes) = match &spec.mask {
+    let (mask, mask_bytes) = match &spec.settings.mask {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| Error::io(p, e).to_string())?;
             (Some(load_gray(p).map_err(|e| e.to_string())?), Some(bytes))
@@ -350,18 +349,10 @@ fn edit_row(
     progress: &dyn Progress,
 ) -> Result<ResultLine> {
     let spec = &p.spec;
-    let edit = PictureEdit {
-        size: spec.size,
-        mask: match p.mask {
-            Some(gray) => MaskSpec::Given(gray),
-            None => MaskSpec::Automatic,
-        },
-        mask_dilate_px: spec.mask_dilate,
-        mask_blur: spec.mask_blur,
-        negative_prompt: spec.negative_prompt.clone(),
-        keep_background: spec.keep_background,
-        ..PictureEdit::new(spec.source.clone(), spec.target.clone(), spec.params.clone())
-    };
+    let mut edit = spec.picture_edit();
+    if let Some(gray) = p.mask {
+        edit.mask = MaskSpec::Given(gray);
+    }
     let result = engine.edit_picture(&p.picture, &edit, progress)?;
     let dir = &options.out_dir;
     let names = row_files(&row.id, options.extra);
@@ -380,14 +371,15 @@ fn edit_row(
         save_image(&picture, &path)?;
         files.push(WrittenFile { path: name.clone(), sha256: file_sha256(&path)? });
     }
+    let s = &spec.settings;
     let params = serde_json::json!({
-        "params": spec.params,
-        "size": spec.size.map(|(w, h)| format!("{w}x{h}")),
-        "mask": spec.mask.as_ref().map(|m| m.display().to_string()),
-        "mask_dilate": spec.mask_dilate,
-        "mask_blur": spec.mask_blur,
-        "negative_prompt": spec.negative_prompt,
-        "keep_background": spec.keep_background,
+        "params": s.params,
+        "size": s.size.map(|(w, h)| format!("{w}x{h}")),
+        "mask": s.mask.as_ref().map(|m| m.display().to_string()),
+        "mask_dilate": s.options.mask_dilate,
+        "mask_blur": s.options.mask_blur,
+        "negative_prompt": s.options.negative_prompt,
+        "keep_background": s.options.keep_background,
     });
     Ok(ResultLine {
         id: row.id.clone(),

@@ -10,10 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::edit::{EditFlags, MaskFlags};
 use super::shared::load_engine;
 use super::{ModelArgs, OutputArgs};
-use crate::batch::manifest::{Manifest, RowDefaults};
+use crate::batch::manifest::{Manifest, RowSettings};
 use crate::batch::shard::Shard;
 use crate::batch::{merge, run_batch, status, BatchObserver, BatchOptions, BatchStatus, ExtraOutputs, Quiet};
 use crate::diffedit::engine::DEFAULT_CACHE_MB;
+use crate::diffedit::fields::EditOptions;
 use crate::diffedit::{Progress, Stage};
 use crate::error::{Error, Result};
 
@@ -117,14 +118,16 @@ pub fn run(args: &BatchArgs) -> Result<()> {
     let options = BatchOptions {
         out_dir: out.clone(),
         shard,
-        defaults: RowDefaults {
+        defaults: RowSettings {
             params: args.edit.params_for(&engine)?,
             mask: args.mask.mask.clone(),
-            mask_dilate,
-            mask_blur,
-            negative_prompt: args.mask.negative_prompt.clone(),
             size,
-            keep_background: args.keep_background,
+            options: EditOptions {
+                mask_dilate,
+                mask_blur,
+                negative_prompt: args.mask.negative_prompt.clone(),
+                keep_background: args.keep_background,
+            },
         },
         extra: ExtraOutputs { mask: args.save_mask, heatmap: args.save_heatmap, overlay: args.save_overlay },
     };

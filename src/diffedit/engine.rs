@@ -93,6 +93,17 @@ impl PictureEdit {
         }
     }
 
+    /// The edit with `options` applied.
+    pub fn with_options(self, options: &super::fields::EditOptions) -> Self {
+        Self {
+            mask_dilate_px: options.mask_dilate,
+            mask_blur: options.mask_blur,
+            negative_prompt: options.negative_prompt.clone(),
+            keep_background: options.keep_background,
+            ..self
+        }
+    }
+
     /// Checks what can be checked without the model: parameters, prompts, dilation.
     pub fn check(&self) -> Result<()> {
         self.params.validate()?;

@@ -21,6 +21,19 @@ pub const PARAM_KEYS: &[&str] = &[
     "rng",
 ];
 
+/// The keys of [`EditOptions`] fields.
+pub const OPTION_KEYS: &[&str] = &["mask_dilate", "mask_blur", "negative_prompt", "keep_background"];
+
+/// How an edit treats its mask and guidance beyond [`EditParams`] (the `edit` flags of the same
+/// names); checked with the rest of the edit by `PictureEdit::check`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EditOptions {
+    pub mask_dilate: f64,
+    pub mask_blur: Option<f64>,
+    pub negative_prompt: Option<String>,
+    pub keep_background: bool,
+}
+
 /// Typed reads of a JSON object's fields; messages name the field.
 pub struct Fields<'a>(pub &'a Map<String, Value>);
 
@@ -108,10 +121,25 @@ impl Fields<'_> {
     }
 }
 
+impl Fields<'_> {
+    /// The options these fields set, every missing one from `base`.
+    pub fn edit_options(&self, base: &EditOptions) -> Result<EditOptions, String> {
+        Ok(EditOptions {
+            mask_dilate: self.number("mask_dilate")?.unwrap_or(base.mask_dilate),
+            mask_blur: self.number("mask_blur")?.or(base.mask_blur),
+            negative_prompt: self.text("negative_prompt")?.or_else(|| base.negative_prompt.clone()),
+            keep_background: self.boolean("keep_background")?.unwrap_or(base.keep_background),
+        })
+    }
+}
+
 /// A message naming command-line flags (`--mask-threshold`) rewritten with the JSON keys
 /// (`mask_threshold`), for files whose keys the user wrote.
 pub fn flags_as_keys(msg: &str, keys: &[&str]) -> String {
     let mut out = msg.to_string();
+    // Longest first: `--mask-dilate` is not `--mask` followed by `-dilate`.
+    let mut keys = keys.to_vec();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
     for key in keys {
         out = out.replace(&format!("--{}", key.replace('_', "-")), key);
     }
@@ -139,5 +167,6 @@ mod tests {
         assert_eq!(err(r#"{"alignment": 3}"#), "`alignment` must be text, got 3");
         assert_eq!(Fields(&fields(r#"{"x": 1}"#)).only(&["y"]).unwrap_err(), "unknown field `x` (known: y)");
         assert_eq!(flags_as_keys("--mask-threshold must be", PARAM_KEYS), "mask_threshold must be");
+        assert_eq!(flags_as_keys("--mask-dilate and --mask", &["mask", "mask_dilate"]), "mask_dilate and mask");
     }
 }

@@ -25,7 +25,7 @@ use super::jobs::{Job, JobKind, JobRequest, Status};
 use super::uploads::{accept, clean_name};
 use super::{command_line, is_loopback_host, publish_mask, store, ApiError, AppState};
 use crate::diffedit::engine::{check_prompts, MaskSpec, PictureEdit};
-use crate::diffedit::fields::{Fields, PARAM_KEYS};
+use crate::diffedit::fields::{EditOptions, Fields, OPTION_KEYS, PARAM_KEYS};
 use crate::image_io::encode_png;
 
 type Shared = State<Arc<AppState>>;
@@ -250,8 +250,7 @@ fn parse_request(st: &AppState, body: &[u8], kind: JobKind) -> Result<JobRequest
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
     let obj = value.as_object().ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
     let f = Fields(obj);
-    let mut known = vec!["image", "source", "target", "negative_prompt", "mask_dilate", "mask_blur", "keep_background"];
-    known.extend(PARAM_KEYS);
+    let mut known = [&["image", "source", "target"][..], PARAM_KEYS, OPTION_KEYS].concat();
     if kind == JobKind::Edit {
         known.push("mask");
     }
@@ -266,11 +265,8 @@ fn parse_request(st: &AppState, body: &[u8], kind: JobKind) -> Result<JobRequest
     let target = f.text("target").map_err(bad)?.unwrap_or_default();
     check_prompts(&source, &target).map_err(|e| bad(e.to_string()))?;
     let params = f.edit_params(&st.engine.default_params()).map_err(bad)?;
-    let mut edit = PictureEdit::new(source, target, params);
-    edit.mask_dilate_px = f.number("mask_dilate").map_err(bad)?.unwrap_or(0.0);
-    edit.mask_blur = f.number("mask_blur").map_err(bad)?;
-    edit.negative_prompt = f.text("negative_prompt").map_err(bad)?;
-    edit.keep_background = f.boolean("keep_background").map_err(bad)?.unwrap_or(false);
+    let options = f.edit_options(&EditOptions::default()).map_err(bad)?;
+    let mut edit = PictureEdit::new(source, target, params).with_options(&options);
     let mask_id = f.text("mask").map_err(bad)?;
     let mut mask_name = None;
     if let Some(id) = &mask_id {
