@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
-use crate::kernels::{self, MatmulPrecision};
+use crate::kernels;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -337,6 +337,9 @@ pub struct Timing {
     /// Whether the matrix products ran on the CPU's tile units (`--dtype bf16` on a CPU with AMX:
     /// bf16 products, f32 tensors between them) rather than in the dtype's own arithmetic.
     pub tile_units: bool,
+    /// What ran for `dtype`: `precision`, `isa` and a `fallback` line (kernels::ComputeInfo).
+    #[serde(flatten)]
+    pub compute: kernels::ComputeInfo,
     pub shape: Vec<usize>,
     pub warmup_s: f64,
     pub times_s: Vec<f64>,
@@ -383,7 +386,7 @@ fn round(x: f64, digits: i32) -> f64 {
 fn timing(
     what: &str,
     dtype: DType,
-    matmul: MatmulPrecision,
+    compute: kernels::ComputeInfo,
     shape: Vec<usize>,
     flops: f64,
     build_s: f64,
@@ -394,7 +397,8 @@ fn timing(
     Timing {
         what: what.into(),
         dtype: format!("{dtype:?}").to_lowercase(),
-        tile_units: matmul == MatmulPrecision::Bf16,
+        tile_units: compute.isa == kernels::Isa::Amx,
+        compute,
         shape,
         warmup_s: round(warm, 4),
         times_s: times.iter().map(|t| round(*t, 4)).collect(),
@@ -417,7 +421,8 @@ pub fn bench_unet(
     runs: usize,
 ) -> crate::Result<Timing> {
     let cfg = sd15_unet_config()?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let t0 = Instant::now();
     let unet = kernels::with_matmul_precision(matmul, || {
         UNet2DConditionModel::new(RandomWeights::var_builder(0, tensors, device), &cfg)
@@ -428,7 +433,7 @@ pub fn bench_unet(
     let ctx = Tensor::randn(0f32, 1.0, (batch, 77, ctx_dim), device)?.to_dtype(tensors)?;
     let (warm, times) = time_runs(device, runs, || unet.forward(&x, 500.0, &ctx))?;
     let flops = unet_flops(&cfg, batch, h, w, 77);
-    Ok(timing("unet", dtype, matmul, vec![batch, cfg.in_channels, h, w], flops, build_s, warm, times))
+    Ok(timing("unet", dtype, compute, vec![batch, cfg.in_channels, h, w], flops, build_s, warm, times))
 }
 
 /// VAE decode from `[batch, 4, h, w]` latents, or encode of a `[batch, 3, 8h, 8w]` image.
@@ -442,7 +447,8 @@ pub fn bench_vae(
     runs: usize,
 ) -> crate::Result<Timing> {
     let cfg = sd15_vae_config()?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let t0 = Instant::now();
     let vae = kernels::with_matmul_precision(matmul, || {
         AutoencoderKL::new(RandomWeights::var_builder(0, tensors, device), &cfg)
@@ -454,19 +460,20 @@ pub fn bench_vae(
         let x = Tensor::rand(-1f32, 1.0, (batch, cfg.in_channels, ih, iw), device)?.to_dtype(tensors)?;
         let (warm, times) = time_runs(device, runs, || vae.encode(&x).map(|d| d.mean))?;
         let flops = vae_encode_flops(&cfg, batch, ih, iw);
-        Ok(timing("vae_encode", dtype, matmul, vec![batch, cfg.in_channels, ih, iw], flops, build_s, warm, times))
+        Ok(timing("vae_encode", dtype, compute, vec![batch, cfg.in_channels, ih, iw], flops, build_s, warm, times))
     } else {
         let z = Tensor::randn(0f32, 1.0, (batch, cfg.latent_channels, h, w), device)?.to_dtype(tensors)?;
         let (warm, times) = time_runs(device, runs, || vae.decode(&z))?;
         let flops = vae_decode_flops(&cfg, batch, h, w);
-        Ok(timing("vae_decode", dtype, matmul, vec![batch, cfg.latent_channels, h, w], flops, build_s, warm, times))
+        Ok(timing("vae_decode", dtype, compute, vec![batch, cfg.latent_channels, h, w], flops, build_s, warm, times))
     }
 }
 
 /// CLIP text encoder on `[batch, 77]` token ids.
 pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> crate::Result<Timing> {
     let cfg = sd15_clip_config()?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let t0 = Instant::now();
     let clip = kernels::with_matmul_precision(matmul, || {
         ClipTextModel::new(RandomWeights::var_builder(0, tensors, device), &cfg)
@@ -477,7 +484,7 @@ pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> c
     let ids = Tensor::from_vec(ids, (batch, l), device)?;
     let (warm, times) = time_runs(device, runs, || clip.forward(&ids))?;
     let flops = clip_flops(&cfg, batch, l);
-    Ok(timing("clip_text", dtype, matmul, vec![batch, l], flops, build_s, warm, times))
+    Ok(timing("clip_text", dtype, compute, vec![batch, l], flops, build_s, warm, times))
 }
 
 /// The whole-edit benchmark's result: wall time of `DiffEdit::edit` (prompts, VAE encode, mask,
@@ -486,6 +493,9 @@ pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> c
 pub struct EditTiming {
     pub what: String,
     pub dtype: String,
+    /// What ran for `dtype`: `precision`, `isa` and a `fallback` line (kernels::ComputeInfo).
+    #[serde(flatten)]
+    pub compute: kernels::ComputeInfo,
     /// Width, height of the picture.
     pub size: [usize; 2],
     pub steps: usize,
@@ -513,7 +523,8 @@ pub fn random_sd15(
 ) -> crate::Result<crate::models::loading::StableDiffusion> {
     use crate::models::loading::{tutorial_scheduler_config, ComponentOrigins, StableDiffusion};
     let tokenizer = crate::models::tokenizer::ClipTokenizer::from_dir(tokenizer_dir)?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let (text_encoder, vae, unet) = kernels::with_matmul_precision(matmul, || -> crate::Result<_> {
         Ok((
             ClipTextModel::new(RandomWeights::var_builder(1, tensors, device), &sd15_clip_config()?)?,
@@ -540,6 +551,7 @@ pub fn random_sd15(
         dtype: tensors,
         vae_dtype: tensors,
         matmul,
+        compute,
         origins,
         edit_defaults: Default::default(),
         edit_defaults_file: None,
@@ -566,7 +578,7 @@ pub fn bench_edit(
     let picture = image::RgbImage::from_raw(scene.size as u32, scene.size as u32, scene.render())
         .ok_or_else(|| crate::Error::invalid("synthetic scene has the wrong number of pixels"))?;
     let picture = crate::image_io::resize(&picture, width, height);
-    let image = crate::image_io::image_to_tensor(&picture)?.to_device(device)?.to_dtype(dtype)?;
+    let image = crate::image_io::image_to_tensor(&picture)?.to_device(device)?.to_dtype(model.dtype)?;
     let noise = Noise::seeded(params.seed, pipeline.latent_shape(width, height), params.mask_samples)?;
     let source = scene.caption();
     let target = source.replacen("a ", "a large ", 1);
@@ -598,6 +610,7 @@ pub fn bench_edit(
     Ok(EditTiming {
         what: "edit".into(),
         dtype: format!("{dtype:?}").to_lowercase(),
+        compute: model.compute.clone(),
         size: [width, height],
         steps: params.steps,
         encode_ratio: params.encode_ratio,

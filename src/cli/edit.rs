@@ -252,6 +252,7 @@ pub fn run(args: &EditArgs) -> Result<()> {
             },
             "model": model.origins,
             "params": params,
+            "precision": model.compute.precision, "isa": model.compute.isa, "fallback": model.compute.fallback,
         });
         println!("{summary}");
     }

@@ -129,6 +129,10 @@ impl ModelArgs {
             eprintln!("{why}");
         }
         let model = StableDiffusion::load(&spec, &fetcher, &device, dtype)?;
+        // Never silently slow: a dtype with no fast path here says what runs instead, even with --quiet.
+        if let Some(line) = &model.compute.fallback {
+            eprintln!("warning: {line}");
+        }
         if let (false, Some(file)) = (quiet, &model.edit_defaults_file) {
             eprintln!(
                 "edit settings from {}: {} (flags given on the command line win)",

@@ -59,9 +59,12 @@ pub struct StableDiffusion {
     /// Compute dtype of the VAE: f32 when its config asks for `force_upcast` and the compute
     /// dtype is f16 (SD's VAE overflows in f16), as diffusers' pipelines do.
     pub vae_dtype: DType,
-    /// How the CPU kernels' matrix products run: bf16 on the tile units when bf16 was asked for
-    /// on a CPU with AMX (`dtype` is then f32: the tensors between the products), else f32.
+    /// How the CPU kernels' matrix products run: bf16 when bf16 was asked for on a CPU with a
+    /// bf16 unit (`dtype` is then f32: the tensors between the products), else f32.
     pub matmul: crate::kernels::MatmulPrecision,
+    /// What runs for the dtype asked for (`precision`, `isa`, a `fallback` line), for messages
+    /// and the commands' `--json`.
+    pub compute: crate::kernels::ComputeInfo,
     pub origins: ComponentOrigins,
     /// The whole model folder's `diffedit.json` (empty when it has none, or for hub models).
     pub edit_defaults: ModelEditDefaults,
@@ -239,18 +242,19 @@ fn check(path: &Path, v: std::result::Result<(), String>) -> Result<()> {
 impl StableDiffusion {
     /// Loads every component, reading each architecture from its `config.json`.
     pub fn load(spec: &ModelSpec, fetcher: &Fetcher, device: &Device, dtype: DType) -> Result<Self> {
-        // bf16 on a CPU with AMX: f32 tensors whose matrix products run in bf16 (kernels::compute_mode).
-        let (dtype, matmul) = crate::kernels::compute_mode(device, dtype);
-        crate::kernels::with_matmul_precision(matmul, || Self::load_as(spec, fetcher, device, dtype, matmul))
+        // bf16 on a CPU with a bf16 unit: f32 tensors whose matrix products run in bf16; f16 on the
+        // CPU: f32 (kernels::compute_info).
+        let compute = crate::kernels::compute_info(device, dtype);
+        crate::kernels::with_matmul_precision(compute.matmul, || Self::load_as(spec, fetcher, device, compute.clone()))
     }
 
     fn load_as(
         spec: &ModelSpec,
         fetcher: &Fetcher,
         device: &Device,
-        dtype: DType,
-        matmul: crate::kernels::MatmulPrecision,
+        compute: crate::kernels::ComputeInfo,
     ) -> Result<Self> {
+        let (dtype, matmul) = (compute.tensors, compute.matmul);
         let pick = |own: &Option<String>, default: &str| -> Result<ModelSource> {
             ModelSource::parse(own.as_deref().or(spec.model.as_deref()).unwrap_or(default))
         };
@@ -347,6 +351,7 @@ impl StableDiffusion {
             dtype,
             vae_dtype,
             matmul,
+            compute,
             origins,
             edit_defaults,
             edit_defaults_file,
