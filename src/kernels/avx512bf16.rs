@@ -319,9 +319,8 @@ pub fn gemm_pairs(a: &PackedAPairs, bsrc: BPairs, batch: usize, n: usize, c: &mu
         BPairs::Pack(_) => (CHUNK * NC, KC / 2 * NC),
         BPairs::Packed(_) => (0, 0),
     };
-    (0..batch * n_tiles * m_chunks).into_par_iter().for_each_init(
-        || (vec![0f32; f_len], vec![0u32; w_len]),
-        |(fbuf, wbuf), t| {
+    (0..batch * n_tiles * m_chunks).into_par_iter().for_each(|t| {
+        with_scratch(f_len, w_len, |fbuf, wbuf| {
             let out = out;
             let mc = t % m_chunks;
             let nt = (t / m_chunks) % n_tiles;
@@ -356,8 +355,33 @@ pub fn gemm_pairs(a: &PackedAPairs, bsrc: BPairs, batch: usize, n: usize, c: &mu
                 };
                 k0 += kc;
             }
-        },
-    );
+        })
+    });
+}
+
+thread_local! {
+    /// A thread's buffers for converting a packer's B, kept between calls: rayon's
+    /// `for_each_init` makes (and zeroes) fresh ones for every split of the work.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `body` with this thread's scratch buffers of at least the given lengths (contents left
+/// from earlier calls).
+fn with_scratch<R>(f_len: usize, w_len: usize, body: impl FnOnce(&mut [f32], &mut [u32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let (f, w) = &mut *s;
+            if f.len() < f_len {
+                f.resize(f_len, 0.0);
+            }
+            if w.len() < w_len {
+                w.resize(w_len, 0);
+            }
+            body(&mut f[..f_len], &mut w[..w_len])
+        }
+        // Re-entered (a kernel inside a kernel): buffers of its own.
+        Err(_) => body(&mut vec![0.0; f_len], &mut vec![0; w_len]),
+    })
 }
 
 /// `C = A * B` (`+=` with `accumulate`) for one C of `n` columns (row stride `ldc`) on the calling
