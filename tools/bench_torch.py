@@ -21,6 +21,7 @@ the Rust side (passed with --gflop) when given, else torch's FlopCounterMode cou
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -145,7 +146,8 @@ def bench_edit(a):
     rec = {"what": a.what, "impl": "torch", "dtype": a.dtype, "size": [width, height], "steps": a.steps,
            "mask_samples": a.mask_samples, "unet_evaluations": rows(a.steps, a.mask_samples),
            "warmup_s": round(warm, 3), "times_s": [round(t, 3) for t in ts], "median_s": round(med, 3),
-           "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "torch": torch.__version__}
+           "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
     print(json.dumps(rec), flush=True)
 
 
@@ -212,7 +214,7 @@ def main():
            "times_s": [round(t, 4) for t in ts], "median_s": round(med, 4),
            "gflop": gflop, "gflops_per_s": round(gflop / med, 2) if gflop else None,
            "peak_rss_mb": round(peak_rss_mb(), 1), "build_s": round(build_s, 2), "threads": torch.get_num_threads(),
-           "torch": torch.__version__}
+           "torch": torch.__version__, "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
     try:
         import diffusers
         import transformers
