@@ -17,6 +17,8 @@
 //!
 //! The micro-kernel broadcasts one row's word of A and multiplies it into B's two vectors.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::amx::{bf16, Aligned};
@@ -26,9 +28,17 @@ use super::gemm::PackB;
 pub const MR: usize = 12;
 /// Columns of a register tile (two vectors of 16 f32 sums); also the f32 packers' panel width.
 pub const NR: usize = super::gemm::NR;
-/// Depth of one K block, in k (an even number: blocks start on a pair). A B micro-panel of KC x NR
-/// bf16 is 16 KiB, which stays in L1 while every A panel of a task passes over it.
-pub const KC: usize = 256;
+/// Most k in one K block (an even number: blocks start on a pair). A B micro-panel of KC x NR
+/// bf16 is 20 KiB, which stays in L1 (32 KiB on Zen 4) beside an A panel while every A panel of a
+/// task passes over it.
+pub const KC: usize = 320;
+
+/// The K block length for a product of depth `k`: K in equal blocks of at most [`KC`] (even), so
+/// that no short last block costs a whole pass over C (K = 320: one block, not 256 + 64).
+fn k_block(k: usize) -> usize {
+    let kc = k.div_ceil(k.div_ceil(KC).max(1));
+    kc + kc % 2
+}
 /// Columns per task.
 pub const NC: usize = 256;
 /// k converted from a packer's f32 block at a time (so the f32 chunk stays in L1).
@@ -37,7 +47,7 @@ const CHUNK: usize = 32;
 const B_AHEAD: usize = 8;
 const A_AHEAD: usize = 16;
 
-const _: () = assert!(KC.is_multiple_of(CHUNK) && CHUNK.is_multiple_of(2) && NC.is_multiple_of(NR) && NR == 32);
+const _: () = assert!(KC.is_multiple_of(2) && CHUNK.is_multiple_of(2) && NC.is_multiple_of(NR) && NR == 32);
 
 /// Whether this CPU has AVX-512 F, BW and BF16.
 pub fn available() -> bool {
@@ -327,9 +337,10 @@ pub fn gemm_pairs(a: &PackedAPairs, bsrc: BPairs, batch: usize, n: usize, c: &mu
             let b = t / (m_chunks * n_tiles);
             let (p0, p1) = (mc * panels_per_chunk, ((mc + 1) * panels_per_chunk).min(m_panels));
             let (n0, nc) = (nt * NC, NC.min(n - nt * NC));
+            let block = k_block(k);
             let mut k0 = 0;
             while k0 < k {
-                let kc = KC.min(k - k0);
+                let kc = block.min(k - k0);
                 let block_pairs = kc.div_ceil(2);
                 let view = match &bsrc {
                     BPairs::Pack(p) => {
@@ -362,7 +373,7 @@ pub fn gemm_pairs(a: &PackedAPairs, bsrc: BPairs, batch: usize, n: usize, c: &mu
 thread_local! {
     /// A thread's buffers for converting a packer's B, kept between calls: rayon's
     /// `for_each_init` makes (and zeroes) fresh ones for every split of the work.
-    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<(Vec<f32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Runs `body` with this thread's scratch buffers of at least the given lengths (contents left
@@ -395,9 +406,10 @@ pub fn gemm_serial_pairs(a: &PackedAPairs, b: BView, n: usize, c: &mut [f32], ld
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n);
     let last = (n.div_ceil(NR) - 1) * b.panel_stride + (k.div_ceil(2) - 1) * b.pair_stride + NR;
     assert!(b.data.len() >= last, "B holds {} words, the product reads {last}", b.data.len());
+    let block = k_block(k);
     let mut k0 = 0;
     while k0 < k {
-        let kc = KC.min(k - k0);
+        let kc = block.min(k - k0);
         let view = BView { data: &b.data[k0 / 2 * b.pair_stride..], ..b };
         // SAFETY: `c` holds the M x N product at stride ldc.
         unsafe { block_product(a, k0, kc, view, c.as_mut_ptr(), ldc, n, 0..m.div_ceil(MR), accumulate || k0 > 0) };
@@ -533,8 +545,9 @@ mod tests {
     }
 
     /// Every B source and every packing path against the rounded operands summed in f64, on
-    /// shapes with partial register tiles in M and N, odd K, several K blocks and column tiles, a
-    /// batch, a prefilled C and an overwritten one.
+    /// shapes with partial register tiles in M and N, odd K, several K blocks (equal ones, and an
+    /// odd last one: 641 = 214 + 214 + 213) and column tiles, a batch, a prefilled C and an
+    /// overwritten one.
     #[test]
     fn products_match_the_rounded_operands() {
         if !available() {
@@ -549,6 +562,7 @@ mod tests {
             (7, 257, 70, 3),
             (40, 1100, 520, 1),
             (3, 31, 17, 1),
+            (5, 641, 40, 2),
         ] {
             let a = crate::kernels::test_matrix(m * k, 1 + m as u64);
             let b = crate::kernels::test_matrix(batch * k * n, 7 + n as u64);
