@@ -21,7 +21,9 @@
 # Every run starts with the machine's peak (`PROBE=peak` of examples/kernel_probe.rs: register-only
 # FMA and vdpbf16ps loops on all threads) and the table gives each GFLOP/s figure as a share of it
 # (f32 rows of the FMA peak, AVX512-BF16 rows of the vdpbf16ps peak). The load average before and
-# after goes to stderr: the machine may be shared, so compare runs made at a low load.
+# after goes to stderr: the machine may be shared, so compare runs made at a low load. Both sides
+# also record each run's process CPU time (`cpu_times_s`); `cpu ratio` compares their medians,
+# which moves far less than the wall-time ratio when other work shares the cores.
 #
 # Env: PYTHON (default /work/venv-ref/bin/python), CARGO_TARGET_DIR, OUT (JSON lines, default
 # bench_results.jsonl). Threads: PyTorch set_num_threads(2); ours uses rayon's default (all cores).
@@ -101,7 +103,8 @@ dv = next((r.get("diffusers") for r in recs if r.get("diffusers")), "?")
 oi = next((r.get("onednn_max_cpu_isa") for r in recs if r.get("impl") == "torch"), None)
 print(f"torch {tv}, diffusers {dv}" + (f", ONEDNN_MAX_CPU_ISA={oi}" if oi else ""))
 print(f"{'what':12} {'shape':18} {'dtype':5} {'isa':10} {'ours s':>8} {'GFLOP/s':>8} {'of peak':>7} {'RSS MiB':>8} | "
-      f"{'torch s':>8} {'of peak':>7} {'RSS MiB':>8} | {'ratio':>6} {'/ours f32':>9}")
+      f"{'torch s':>8} {'of peak':>7} {'RSS MiB':>8} | {'ratio':>6} {'/ours f32':>9} {'cpu ratio':>9}")
+med = lambda v: sorted(v)[len(v) // 2] if v else float("nan")
 f32 = {}
 for (k, dt), o in ours.items():
     t = torch.get((k, dt)) or torch.get((k, "f32" if dt == "f32" else dt))
@@ -113,7 +116,8 @@ for (k, dt), o in ours.items():
     vs32 = f"{o['median_s'] / mine32['median_s']:9.2f}" if mine32 and dt != "f32" else " " * 9
     print(f"{k[0]:12} {'x'.join(map(str, k[1])):18} {dt:5} {o.get('isa', ''):10} {o['median_s']:8.3f} {o['gflops_per_s']:8.1f} "
           f"{share(o['gflops_per_s'], o.get('precision', dt), o.get('isa')):>7} {o['peak_rss_mb']:8.0f} | "
-          f"{ts:8.3f} {t_share:>7} {t['peak_rss_mb'] if t else float('nan'):8.0f} | {o['median_s'] / ts:6.2f} {vs32}")
+          f"{ts:8.3f} {t_share:>7} {t['peak_rss_mb'] if t else float('nan'):8.0f} | {o['median_s'] / ts:6.2f} {vs32} "
+          f"{med(o.get('cpu_times_s', [])) / med(t.get('cpu_times_s', [])) if t else float('nan'):9.2f}")
     if dt == "f32":
         f32[k] = (o["median_s"], ts)
 for (k, dt), t in torch.items():
