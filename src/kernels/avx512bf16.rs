@@ -2,10 +2,10 @@
 //! tile units (AMD Zen 4 and later; Intel Cooper Lake): `C[M x N] += A[M x K] * B[K x N]` with
 //! both operands rounded to bf16 and the sums in f32, the arithmetic of [`super::amx`] and of
 //! PyTorch's bf16 autocast. One `vdpbf16ps` multiplies 16 pairs of bf16 by 16 pairs and adds each
-//! pair's two products to one f32 lane: 64 flops where an f32 FMA does 32. Zen 4 issues it at the
-//! FMA's rate, so products run at twice their f32 pace there; the Intel Xeons with AMX issue it at
-//! half the FMA's rate (measured: `PROBE=peak` of `examples/kernel_probe.rs`), where the tile
-//! units serve instead and this path is only for testing what a Zen 4 runs.
+//! pair's two products to one f32 lane: 64 flops where an f32 FMA does 32. On Zen 4 it runs at
+//! about the FMA's rate, so bf16 products can go at twice their f32 pace there; the Intel Xeons
+//! with AMX run it at half the FMA's rate (measured: `PROBE=peak` of `examples/kernel_probe.rs`),
+//! where the tile units serve instead and this path only runs when forced, to test what a Zen 4 runs.
 //!
 //! The blocking is the f32 GEMM's ([`super::gemm`]): 12 x 32 register tiles (24 zmm of sums),
 //! K in blocks of [`KC`], tasks of [`NC`] columns over rayon's pool. Both operands hold k in
