@@ -242,12 +242,13 @@ pub fn compute_info(device: &Device, dtype: DType) -> ComputeInfo {
                         // The CPU has a bf16 unit; DIFFEDIT_BF16_ISA turned it off.
                         note.unwrap_or_default()
                     } else if !super::enabled() {
-                        "the kernels are off (DIFFEDIT_KERNELS=0) or this CPU has no AVX-512".to_string()
+                        "the kernels are off (DIFFEDIT_KERNELS=0) or this CPU has no AVX-512, so bf16 products have \
+                         no fast path"
+                            .to_string()
                     } else {
-                        "this CPU has neither AMX nor AVX512-BF16".to_string()
+                        "this CPU has neither AMX nor AVX512-BF16, so bf16 products have no fast path".to_string()
                     };
-                    let line =
-                        format!("--dtype bf16: {why}, so bf16 products have no fast path; running {f32_name} instead");
+                    let line = format!("--dtype bf16: {why}; running {f32_name} instead");
                     info(DType::F32, MatmulPrecision::F32, f32_isa, Some(line))
                 }
             }
