@@ -33,6 +33,10 @@ pub const NR: usize = super::gemm::NR;
 /// task passes over it.
 pub const KC: usize = 320;
 
+/// Most k per block of [`gemm_serial_pairs`]: attention's B holds all of a task's 64 queries (two
+/// panels) per pair, so a block of 128 k keeps it at 16 KiB, in L1 beside the A panel.
+const SERIAL_KC: usize = 128;
+
 /// The K block length for a product of depth `k`: K in equal blocks of at most [`KC`] (even), so
 /// that no short last block costs a whole pass over C (K = 320: one block, not 256 + 64).
 fn k_block(k: usize) -> usize {
@@ -406,7 +410,7 @@ pub fn gemm_serial_pairs(a: &PackedAPairs, b: BView, n: usize, c: &mut [f32], ld
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n);
     let last = (n.div_ceil(NR) - 1) * b.panel_stride + (k.div_ceil(2) - 1) * b.pair_stride + NR;
     assert!(b.data.len() >= last, "B holds {} words, the product reads {last}", b.data.len());
-    let block = k_block(k);
+    let block = k_block(k).min(SERIAL_KC);
     let mut k0 = 0;
     while k0 < k {
         let kc = block.min(k - k0);
@@ -442,7 +446,16 @@ unsafe fn block_product(
             let cols = NR.min(nc - j * NR);
             let bp = b.data[j * b.panel_stride..].as_ptr();
             #[cfg(target_arch = "x86_64")]
-            micro(pairs, ap, bp, b.pair_stride, c.add(p * MR * ldc + j * NR), ldc, rows, cols, add);
+            {
+                // A panel's last rows (M not a multiple of MR: attention's 40 channels per head, a
+                // 3-channel output) take a kernel with fewer sums, not a whole panel's work.
+                let (ldb, cp) = (b.pair_stride, c.add(p * MR * ldc + j * NR));
+                match rows {
+                    1..=4 => micro::<4>(pairs, ap, bp, ldb, cp, ldc, rows, cols, add),
+                    5..=8 => micro::<8>(pairs, ap, bp, ldb, cp, ldc, rows, cols, add),
+                    _ => micro::<MR>(pairs, ap, bp, ldb, cp, ldc, rows, cols, add),
+                }
+            }
             #[cfg(not(target_arch = "x86_64"))]
             {
                 let _ = (bp, rows, cols, ldc, add, ap, pairs);
@@ -452,8 +465,8 @@ unsafe fn block_product(
     }
 }
 
-/// One register tile: `C[rows x cols] += A panel (pairs x MR words) * B (pairs rows of NR words,
-/// `ldb` words apart)`, or `=` without `add`.
+/// One register tile: `C[rows x cols] += A panel (pairs x MR words, of which the first R rows are
+/// used) * B (pairs rows of NR words, `ldb` words apart)`, or `=` without `add`; `rows` <= R.
 ///
 /// # Safety
 /// AVX-512 F and BF16 present; `ap` holds `pairs * MR` words, `bp` `pairs` rows of NR words `ldb`
@@ -461,7 +474,7 @@ unsafe fn block_product(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro(
+unsafe fn micro<const R: usize>(
     pairs: usize,
     ap: *const u32,
     bp: *const u32,
@@ -474,8 +487,9 @@ unsafe fn micro(
 ) {
     use super::gemm::{prefetch, prefetch_tile, store_tile};
     use std::arch::x86_64::*;
+    debug_assert!(rows <= R && R <= MR);
     let z = _mm512_setzero_ps();
-    let mut acc = [[z; 2]; MR];
+    let mut acc = [[z; 2]; R];
     let (mut a, mut b) = (ap, bp);
     prefetch_tile(c, ldc, rows);
     for _ in 0..pairs {
@@ -484,8 +498,8 @@ unsafe fn micro(
         prefetch(a.wrapping_add(A_AHEAD * MR) as *const f32);
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const __m512i));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const __m512i));
-        // Fully unrolled by the compiler: MR is a constant.
-        for r in 0..MR {
+        // Fully unrolled by the compiler: R is a constant.
+        for r in 0..R {
             let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
