@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
-use crate::kernels::{self, MatmulPrecision};
+use crate::kernels;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -337,10 +337,15 @@ pub struct Timing {
     /// Whether the matrix products ran on the CPU's tile units (`--dtype bf16` on a CPU with AMX:
     /// bf16 products, f32 tensors between them) rather than in the dtype's own arithmetic.
     pub tile_units: bool,
+    /// What ran for `dtype`: `precision`, `isa` and a `fallback` line (kernels::ComputeInfo).
+    #[serde(flatten)]
+    pub compute: kernels::ComputeInfo,
     pub shape: Vec<usize>,
     pub warmup_s: f64,
     pub times_s: Vec<f64>,
     pub median_s: f64,
+    /// Process CPU time of each timed run, all threads together.
+    pub cpu_times_s: Vec<f64>,
     pub gflop: f64,
     pub gflops_per_s: f64,
     pub peak_rss_mb: f64,
@@ -358,20 +363,44 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// CPU time (user + system) this process has used so far, in seconds; 0 where unavailable.
+pub fn cpu_time_s() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes the struct it is given.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return tv(ru.ru_utime) + tv(ru.ru_stime);
+        }
+    }
+    0.0
+}
+
+/// Wall and CPU times of timed runs.
+pub struct RunTimes {
+    pub warm: f64,
+    pub times: Vec<f64>,
+    /// Process CPU time of each run (all threads): on a machine shared with other work it moves
+    /// far less than the wall time, so comparisons made there can use it.
+    pub cpu_times: Vec<f64>,
+}
+
 /// Runs `f` once to warm up, then `runs` times; the device is synchronised after each call.
-pub fn time_runs<T>(device: &Device, runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, Vec<f64>)> {
+pub fn time_runs<T>(device: &Device, runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<RunTimes> {
     let t0 = Instant::now();
     f()?;
     device.synchronize()?;
     let warm = t0.elapsed().as_secs_f64();
-    let mut times = Vec::with_capacity(runs);
+    let (mut times, mut cpu_times) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_time_s());
         f()?;
         device.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
+        cpu_times.push(cpu_time_s() - c0);
     }
-    Ok((warm, times))
+    Ok(RunTimes { warm, times, cpu_times })
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -383,22 +412,24 @@ fn round(x: f64, digits: i32) -> f64 {
 fn timing(
     what: &str,
     dtype: DType,
-    matmul: MatmulPrecision,
+    compute: kernels::ComputeInfo,
     shape: Vec<usize>,
     flops: f64,
     build_s: f64,
-    warm: f64,
-    times: Vec<f64>,
+    runs: RunTimes,
 ) -> Timing {
+    let RunTimes { warm, times, cpu_times } = runs;
     let med = median(&times);
     Timing {
         what: what.into(),
         dtype: format!("{dtype:?}").to_lowercase(),
-        tile_units: matmul == MatmulPrecision::Bf16,
+        tile_units: compute.isa == kernels::Isa::Amx,
+        compute,
         shape,
         warmup_s: round(warm, 4),
         times_s: times.iter().map(|t| round(*t, 4)).collect(),
         median_s: round(med, 4),
+        cpu_times_s: cpu_times.iter().map(|t| round(*t, 4)).collect(),
         gflop: round(flops / 1e9, 2),
         gflops_per_s: round(flops / 1e9 / med, 2),
         peak_rss_mb: round(peak_rss_mb(), 1),
@@ -417,7 +448,8 @@ pub fn bench_unet(
     runs: usize,
 ) -> crate::Result<Timing> {
     let cfg = sd15_unet_config()?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let t0 = Instant::now();
     let unet = kernels::with_matmul_precision(matmul, || {
         UNet2DConditionModel::new(RandomWeights::var_builder(0, tensors, device), &cfg)
@@ -426,9 +458,9 @@ pub fn bench_unet(
     let ctx_dim = cfg.cross_attention_dim.get(0, cfg.block_out_channels.len(), "cross_attention_dim").unwrap_or(768);
     let x = Tensor::randn(0f32, 1.0, (batch, cfg.in_channels, h, w), device)?.to_dtype(tensors)?;
     let ctx = Tensor::randn(0f32, 1.0, (batch, 77, ctx_dim), device)?.to_dtype(tensors)?;
-    let (warm, times) = time_runs(device, runs, || unet.forward(&x, 500.0, &ctx))?;
+    let runs = time_runs(device, runs, || unet.forward(&x, 500.0, &ctx))?;
     let flops = unet_flops(&cfg, batch, h, w, 77);
-    Ok(timing("unet", dtype, matmul, vec![batch, cfg.in_channels, h, w], flops, build_s, warm, times))
+    Ok(timing("unet", dtype, compute, vec![batch, cfg.in_channels, h, w], flops, build_s, runs))
 }
 
 /// VAE decode from `[batch, 4, h, w]` latents, or encode of a `[batch, 3, 8h, 8w]` image.
@@ -442,7 +474,8 @@ pub fn bench_vae(
     runs: usize,
 ) -> crate::Result<Timing> {
     let cfg = sd15_vae_config()?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let t0 = Instant::now();
     let vae = kernels::with_matmul_precision(matmul, || {
         AutoencoderKL::new(RandomWeights::var_builder(0, tensors, device), &cfg)
@@ -452,21 +485,22 @@ pub fn bench_vae(
         let f = cfg.downscale_factor();
         let (ih, iw) = (h * f, w * f);
         let x = Tensor::rand(-1f32, 1.0, (batch, cfg.in_channels, ih, iw), device)?.to_dtype(tensors)?;
-        let (warm, times) = time_runs(device, runs, || vae.encode(&x).map(|d| d.mean))?;
+        let runs = time_runs(device, runs, || vae.encode(&x).map(|d| d.mean))?;
         let flops = vae_encode_flops(&cfg, batch, ih, iw);
-        Ok(timing("vae_encode", dtype, matmul, vec![batch, cfg.in_channels, ih, iw], flops, build_s, warm, times))
+        Ok(timing("vae_encode", dtype, compute, vec![batch, cfg.in_channels, ih, iw], flops, build_s, runs))
     } else {
         let z = Tensor::randn(0f32, 1.0, (batch, cfg.latent_channels, h, w), device)?.to_dtype(tensors)?;
-        let (warm, times) = time_runs(device, runs, || vae.decode(&z))?;
+        let runs = time_runs(device, runs, || vae.decode(&z))?;
         let flops = vae_decode_flops(&cfg, batch, h, w);
-        Ok(timing("vae_decode", dtype, matmul, vec![batch, cfg.latent_channels, h, w], flops, build_s, warm, times))
+        Ok(timing("vae_decode", dtype, compute, vec![batch, cfg.latent_channels, h, w], flops, build_s, runs))
     }
 }
 
 /// CLIP text encoder on `[batch, 77]` token ids.
 pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> crate::Result<Timing> {
     let cfg = sd15_clip_config()?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let t0 = Instant::now();
     let clip = kernels::with_matmul_precision(matmul, || {
         ClipTextModel::new(RandomWeights::var_builder(0, tensors, device), &cfg)
@@ -475,9 +509,9 @@ pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> c
     let l = cfg.max_position_embeddings;
     let ids: Vec<u32> = (0..batch * l).map(|i| (splitmix(i as u64) % cfg.vocab_size as u64) as u32).collect();
     let ids = Tensor::from_vec(ids, (batch, l), device)?;
-    let (warm, times) = time_runs(device, runs, || clip.forward(&ids))?;
+    let runs = time_runs(device, runs, || clip.forward(&ids))?;
     let flops = clip_flops(&cfg, batch, l);
-    Ok(timing("clip_text", dtype, matmul, vec![batch, l], flops, build_s, warm, times))
+    Ok(timing("clip_text", dtype, compute, vec![batch, l], flops, build_s, runs))
 }
 
 /// The whole-edit benchmark's result: wall time of `DiffEdit::edit` (prompts, VAE encode, mask,
@@ -486,6 +520,9 @@ pub fn bench_clip(batch: usize, dtype: DType, device: &Device, runs: usize) -> c
 pub struct EditTiming {
     pub what: String,
     pub dtype: String,
+    /// What ran for `dtype`: `precision`, `isa` and a `fallback` line (kernels::ComputeInfo).
+    #[serde(flatten)]
+    pub compute: kernels::ComputeInfo,
     /// Width, height of the picture.
     pub size: [usize; 2],
     pub steps: usize,
@@ -495,6 +532,8 @@ pub struct EditTiming {
     pub unet_evaluations: usize,
     pub times_s: Vec<f64>,
     pub median_s: f64,
+    /// Process CPU time of each timed edit, all threads together.
+    pub cpu_times_s: Vec<f64>,
     /// Stage times of the median run.
     pub stages: crate::diffedit::StageTimings,
     pub gflop: f64,
@@ -513,7 +552,8 @@ pub fn random_sd15(
 ) -> crate::Result<crate::models::loading::StableDiffusion> {
     use crate::models::loading::{tutorial_scheduler_config, ComponentOrigins, StableDiffusion};
     let tokenizer = crate::models::tokenizer::ClipTokenizer::from_dir(tokenizer_dir)?;
-    let (tensors, matmul) = kernels::compute_mode(device, dtype);
+    let compute = kernels::compute_info(device, dtype);
+    let (tensors, matmul) = (compute.tensors, compute.matmul);
     let (text_encoder, vae, unet) = kernels::with_matmul_precision(matmul, || -> crate::Result<_> {
         Ok((
             ClipTextModel::new(RandomWeights::var_builder(1, tensors, device), &sd15_clip_config()?)?,
@@ -540,6 +580,7 @@ pub fn random_sd15(
         dtype: tensors,
         vae_dtype: tensors,
         matmul,
+        compute,
         origins,
         model_dir: None,
     })
@@ -565,7 +606,7 @@ pub fn bench_edit(
     let picture = image::RgbImage::from_raw(scene.size as u32, scene.size as u32, scene.render())
         .ok_or_else(|| crate::Error::invalid("synthetic scene has the wrong number of pixels"))?;
     let picture = crate::image_io::resize(&picture, width, height);
-    let image = crate::image_io::image_to_tensor(&picture)?.to_device(device)?.to_dtype(dtype)?;
+    let image = crate::image_io::image_to_tensor(&picture)?.to_device(device)?.to_dtype(model.dtype)?;
     let noise = Noise::drawn(params.rng, params.seed, pipeline.latent_shape(width, height), params.mask_samples)?;
     let source = scene.caption();
     let target = source.replacen("a ", "a large ", 1);
@@ -576,12 +617,13 @@ pub fn bench_edit(
     let warm_noise = Noise::drawn(params.rng, params.seed, warm.latent_shape(width, height), 1)?;
     warm.edit(&image, &source, &target, &warm_noise, &Silent)?;
     device.synchronize()?;
-    let mut runs_out = vec![];
+    let (mut runs_out, mut cpu_times) = (vec![], vec![]);
     for _ in 0..runs {
         let before = pipeline.unet_evaluations();
-        let clock = Instant::now();
+        let (clock, cpu0) = (Instant::now(), cpu_time_s());
         let out = pipeline.edit(&image, &source, &target, &noise, &Silent)?;
         device.synchronize()?;
+        cpu_times.push(cpu_time_s() - cpu0);
         runs_out.push((clock.elapsed().as_secs_f64(), out.timings, pipeline.unet_evaluations() - before));
     }
     let times: Vec<f64> = runs_out.iter().map(|r| r.0).collect();
@@ -597,6 +639,7 @@ pub fn bench_edit(
     Ok(EditTiming {
         what: "edit".into(),
         dtype: format!("{dtype:?}").to_lowercase(),
+        compute: model.compute.clone(),
         size: [width, height],
         steps: params.steps,
         encode_ratio: params.encode_ratio,
@@ -605,6 +648,7 @@ pub fn bench_edit(
         unet_evaluations: evaluations,
         times_s: times.iter().map(|t| round(*t, 3)).collect(),
         median_s: round(med, 3),
+        cpu_times_s: cpu_times.iter().map(|t| round(*t, 3)).collect(),
         stages,
         gflop: round(flops / 1e9, 1),
         gflops_per_s: round(flops / 1e9 / med, 2),

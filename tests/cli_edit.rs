@@ -599,3 +599,60 @@ fn a_given_mask_and_a_negative_prompt_match_the_reference() {
     assert!(rel_l2(&plain["inv_latents"], &ours["inv_latents"]) > 1e-4);
     assert_eq!(cells(&plain["mask"]), cells(&ours["mask"]));
 }
+
+/// `--json` says which path ran (`precision`, `isa`), and a dtype without a fast path on this
+/// CPU says on stderr what runs instead: f16 always (the f32 kernels), bf16 where the CPU has no
+/// bf16 unit or `DIFFEDIT_BF16_ISA=none` turns it off; each bf16 unit this CPU has runs when named.
+#[test]
+fn every_dtype_reports_the_path_it_ran_and_slow_ones_say_what_runs_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = fixture("sd1_exact_default_in.png");
+    let edit_with = |dtype: &str, env: &[(&str, &str)]| {
+        let mut args = quick(dir.path(), &image);
+        args.extend(["--dtype", dtype, "--json"].iter().map(|s| s.to_string()));
+        let mut cmd = diffedit();
+        cmd.env_remove("DIFFEDIT_BF16_ISA").env_remove("DIFFEDIT_KERNELS");
+        cmd.envs(env.iter().copied());
+        let o = cmd.args(&args).output().unwrap();
+        assert!(o.status.success(), "{dtype} {env:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v, stderr(&o))
+    };
+    let edit = |dtype: &str, isa: Option<&str>| match isa {
+        Some(isa) => edit_with(dtype, &[("DIFFEDIT_BF16_ISA", isa)]),
+        None => edit_with(dtype, &[]),
+    };
+    let f32_isa = if diffedit::kernels::enabled() { "avx512f" } else { "stock" };
+    let (v, err) = edit("f32", None);
+    assert_eq!(
+        (&v["precision"], &v["isa"], &v["fallback"]),
+        (&"f32".into(), &f32_isa.into(), &serde_json::Value::Null)
+    );
+    assert!(!err.contains("warning"), "{err}");
+
+    let (v, err) = edit("f16", None);
+    assert_eq!((&v["precision"], &v["isa"]), (&"f32".into(), &f32_isa.into()));
+    let line = err.lines().find(|l| l.starts_with("warning: --dtype f16:")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.ends_with("instead") && line.contains("running "), "{line}");
+    assert_eq!(v["fallback"].as_str(), line.strip_prefix("warning: "));
+
+    let (v, err) = edit("bf16", Some("none"));
+    assert_eq!((&v["precision"], &v["isa"]), (&"f32".into(), &f32_isa.into()));
+    let line = err.lines().find(|l| l.starts_with("warning: --dtype bf16:")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.ends_with("instead"), "{line}");
+
+    // A CPU without any bf16 unit (or AVX-512), as the kernels' switch makes any CPU look: candle's f32 ops.
+    let (v, err) = edit_with("bf16", &[("DIFFEDIT_KERNELS", "0")]);
+    assert_eq!((&v["precision"], &v["isa"]), (&"f32".into(), &"stock".into()));
+    let line = err.lines().find(|l| l.starts_with("warning: --dtype bf16:")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.ends_with("running candle's f32 ops instead"), "{line}");
+
+    for isa in diffedit::kernels::bf16_isas_supported() {
+        let (v, err) = edit("bf16", Some(isa.name()));
+        assert_eq!(
+            (&v["precision"], &v["isa"], &v["fallback"]),
+            (&"bf16".into(), &isa.name().into(), &serde_json::Value::Null)
+        );
+        assert!(!err.contains("warning"), "{err}");
+    }
+}

@@ -92,28 +92,35 @@ fn tiny_sd2_f16_close_to_diffusers_f32() {
     check_f16("tiny-sd2", false);
 }
 
-/// bf16 products on the CPU's tile units (`--dtype bf16` on a CPU with AMX): f32 tensors, the
-/// convolutions, linear layers and attention products with bf16 operands and f32 sums.
+/// bf16 products (`--dtype bf16` on a CPU with AMX or AVX512-BF16), on every unit this CPU has:
+/// f32 tensors, the convolutions, linear layers and attention products with bf16 operands and
+/// f32 sums.
 fn check_bf16_products(model: &str) {
-    if !diffedit::kernels::bf16_matmul_available() {
-        eprintln!("{model}: this CPU has no AMX, the bf16 product path cannot run here");
+    let isas = diffedit::kernels::bf16_isas_supported();
+    if isas.is_empty() {
+        eprintln!("{model}: this CPU has neither AMX nor AVX512-BF16, the bf16 product path cannot run here");
         return;
     }
     let f32_unet = load_unet(model, DType::F32);
-    let unet = diffedit::kernels::with_matmul_precision(diffedit::kernels::MatmulPrecision::Bf16, || {
-        load_unet(model, DType::F32)
-    });
-    for case in cases(model) {
-        let out = unet.forward(&case.sample, case.timestep, &case.context).unwrap();
-        assert_eq!(out.dims(), case.expected.dims());
-        // The products really ran in bf16: the result is not the f32 one.
-        let f32_out = f32_unet.forward(&case.sample, case.timestep, &case.context).unwrap();
-        let moved = common::rel_l2(&out, &f32_out);
-        assert!(moved > 1e-5, "{model} {}: bf16 output equals the f32 one ({moved:.1e})", case.name);
-        // PyTorch's own bf16 autocast is 1.2e-2 to 1.5e-2 from its f32 on these cases
-        // (tools/bf16_autocast_error.py); ours keeps more of the work in f32 (measured 7.5e-3 to 9.5e-3).
-        let label = format!("{model} bf16 products {} t={}", case.name, case.timestep);
-        common::assert_close(&label, &out, &case.expected, 1.2e-2);
+    for isa in isas {
+        let unet = diffedit::kernels::with_bf16_isa(isa, || {
+            diffedit::kernels::with_matmul_precision(diffedit::kernels::MatmulPrecision::Bf16, || {
+                load_unet(model, DType::F32)
+            })
+        });
+        for case in cases(model) {
+            let out = unet.forward(&case.sample, case.timestep, &case.context).unwrap();
+            assert_eq!(out.dims(), case.expected.dims());
+            // The products really ran in bf16: the result is not the f32 one.
+            let f32_out = f32_unet.forward(&case.sample, case.timestep, &case.context).unwrap();
+            let moved = common::rel_l2(&out, &f32_out);
+            assert!(moved > 1e-5, "{model} {} {isa:?}: bf16 output equals the f32 one ({moved:.1e})", case.name);
+            // PyTorch's own bf16 autocast is 1.2e-2 to 1.5e-2 from its f32 on these cases
+            // (tools/bf16_autocast_error.py); ours keeps more of the work in f32 (measured 7.5e-3
+            // to 9.5e-3 on AMX).
+            let label = format!("{model} bf16 products on {} {} t={}", isa.name(), case.name, case.timestep);
+            common::assert_close(&label, &out, &case.expected, 1.2e-2);
+        }
     }
 }
 

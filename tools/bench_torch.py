@@ -21,6 +21,7 @@ the Rust side (passed with --gflop) when given, else torch's FlopCounterMode cou
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -47,16 +48,18 @@ def hw(s):
 
 
 def run(fn, runs):
+    """Warm-up time, wall times and process CPU times (all threads) of the timed runs."""
     with torch.inference_mode():
         t0 = time.perf_counter()
         fn()
         warm = time.perf_counter() - t0
-        ts = []
+        ts, cpu = [], []
         for _ in range(runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             ts.append(time.perf_counter() - t0)
-    return warm, ts
+            cpu.append(time.process_time() - c0)
+    return warm, ts, cpu
 
 
 def count_flops(fn):
@@ -136,16 +139,19 @@ def bench_edit(a):
         t0 = time.perf_counter()
         edit(2, 1)
         warm = time.perf_counter() - t0
-        ts = []
+        ts, cpu = [], []
         for _ in range(a.runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             edit(a.steps, a.mask_samples)
             ts.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     med = statistics.median(ts)
     rec = {"what": a.what, "impl": "torch", "dtype": a.dtype, "size": [width, height], "steps": a.steps,
            "mask_samples": a.mask_samples, "unet_evaluations": rows(a.steps, a.mask_samples),
            "warmup_s": round(warm, 3), "times_s": [round(t, 3) for t in ts], "median_s": round(med, 3),
-           "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "torch": torch.__version__}
+           "cpu_times_s": [round(t, 3) for t in cpu], "peak_rss_mb": round(peak_rss_mb(), 1),
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
     print(json.dumps(rec), flush=True)
 
 
@@ -204,15 +210,15 @@ def main():
     if a.what == "flops":
         print(json.dumps({"what": "unet_flops", "shape": shape, "gflop": round(count_flops(fn) / 1e9, 2)}))
         return
-    warm, ts = run(fn, a.runs)
+    warm, ts, cpu = run(fn, a.runs)
     med = statistics.median(ts)
     gflop = a.gflop
     rec = {"what": {"unet": "unet", "clip": "clip_text"}.get(a.what, "vae_encode" if a.encode else "vae_decode"),
            "impl": "torch", "dtype": a.dtype, "shape": shape, "warmup_s": round(warm, 4),
            "times_s": [round(t, 4) for t in ts], "median_s": round(med, 4),
-           "gflop": gflop, "gflops_per_s": round(gflop / med, 2) if gflop else None,
+           "cpu_times_s": [round(t, 4) for t in cpu], "gflop": gflop, "gflops_per_s": round(gflop / med, 2) if gflop else None,
            "peak_rss_mb": round(peak_rss_mb(), 1), "build_s": round(build_s, 2), "threads": torch.get_num_threads(),
-           "torch": torch.__version__}
+           "torch": torch.__version__, "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
     try:
         import diffusers
         import transformers

@@ -148,7 +148,14 @@ pub fn run(args: &BatchArgs) -> Result<()> {
         summary.rows, summary.ok, summary.failed, summary.skipped, summary.unet_evaluations, summary.seconds
     ));
     if o.json {
-        println!("{}", serde_json::to_string(&summary).map_err(|e| Error::invalid(e.to_string()))?);
+        let mut json = serde_json::to_value(&summary).map_err(|e| Error::invalid(e.to_string()))?;
+        let c = &engine.model().compute;
+        if let Some(m) = json.as_object_mut() {
+            m.insert("precision".into(), serde_json::to_value(c.precision).unwrap_or_default());
+            m.insert("isa".into(), serde_json::to_value(c.isa).unwrap_or_default());
+            m.insert("fallback".into(), serde_json::to_value(&c.fallback).unwrap_or_default());
+        }
+        println!("{json}");
     }
     if summary.failed > 0 {
         let list: Vec<String> =

@@ -121,7 +121,12 @@ impl CommonArgs {
             dtype: Some(self.dtype.clone()),
             offline: true,
         };
-        m.device()
+        let (device, dtype) = m.device()?;
+        // Never silently slow: a dtype with no fast path here says what runs instead.
+        if let Some(line) = crate::kernels::compute_info(&device, dtype).fallback {
+            eprintln!("warning: {line}");
+        }
+        Ok((device, dtype))
     }
 
     fn report(&self, t: &Timing) -> Result<()> {

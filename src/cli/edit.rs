@@ -272,6 +272,9 @@ pub fn run(args: &EditArgs) -> Result<()> {
                 "edits": summaries,
                 "unet_evaluations": total,
                 "model": engine.model().origins,
+                "precision": engine.model().compute.precision,
+                "isa": engine.model().compute.isa,
+                "fallback": engine.model().compute.fallback,
             })
         };
         println!("{line}");
@@ -347,6 +350,9 @@ fn summary(
         },
         "model": engine.model().origins,
         "params": edit.params,
+        "precision": engine.model().compute.precision,
+        "isa": engine.model().compute.isa,
+        "fallback": engine.model().compute.fallback,
     })
 }
 

@@ -226,6 +226,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "seconds": clock.elapsed().as_secs_f64(),
             "model": model.origins,
             "params": params,
+            "precision": model.compute.precision,
+            "isa": model.compute.isa,
+            "fallback": model.compute.fallback,
         });
         println!("{summary}");
     } else {

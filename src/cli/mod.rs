@@ -142,7 +142,12 @@ impl ModelArgs {
         if let (false, Some(why)) = (quiet, choice.explain()) {
             eprintln!("{why}");
         }
-        StableDiffusion::load(&spec, &fetcher, &device, dtype)
+        let model = StableDiffusion::load(&spec, &fetcher, &device, dtype)?;
+        // Never silently slow: a dtype with no fast path here says what runs instead, even with --quiet.
+        if let Some(line) = &model.compute.fallback {
+            eprintln!("warning: {line}");
+        }
+        Ok(model)
     }
 
     /// [`ModelArgs::load`] into an [`Engine`] with a stage cache of `cache_mb`; says where the

@@ -190,6 +190,8 @@ pub fn print_summary(
         "timings_s": timings,
         "model": pipeline.model.origins,
         "params": pipeline.params,
+        "precision": pipeline.model.compute.precision, "isa": pipeline.model.compute.isa,
+        "fallback": pipeline.model.compute.fallback,
     });
     if let (Some(m), serde_json::Value::Object(extra)) = (summary.as_object_mut(), extra) {
         m.extend(extra);

@@ -331,7 +331,7 @@ pub(crate) unsafe fn convert_row(src: &[f32], dst: &mut [u16]) {
 /// AVX-512 F, BW and BF16 present; `dst` valid for 32 values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn store_pairs(lo: std::arch::x86_64::__m512, hi: std::arch::x86_64::__m512, dst: *mut u16) {
+pub(crate) unsafe fn store_pairs(lo: std::arch::x86_64::__m512, hi: std::arch::x86_64::__m512, dst: *mut u16) {
     use std::arch::x86_64::*;
     // cvtne2ps gives [lo0..lo15, hi0..hi15]; output lane 2n takes lane n, lane 2n+1 lane 16+n.
     const INTERLEAVE: [u16; 32] = {

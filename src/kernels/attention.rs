@@ -6,8 +6,10 @@
 //! both products run on the AVX-512 GEMM of [`super::gemm`] with their big operand packed once per
 //! head: K for the scores, V^T for `out^T = V^T P^T`, whose B is the probabilities' rows read
 //! where the softmax left them (`BSrc::InPlace`, no packing). Both products write their output
-//! rather than add to it, so neither buffer is zeroed first. The softmax runs down the columns. bf16 ([`attention_bf16`]): the same blocks on the tile
-//! units.
+//! rather than add to it, so neither buffer is zeroed first. The softmax runs down the columns.
+//!
+//! bf16 ([`attention_bf16`]): the same blocks with bf16 operands, on the tile units (AMX) or on
+//! AVX512-BF16 dot products.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -243,9 +245,101 @@ impl CustomOp3 for AttentionBf16Op {
     }
 }
 
-/// [`attention_f32`] with bf16 products on the tile units; needs [`super::amx::available`].
-pub fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &AttentionBf16Op { scale: scale as f32 })
+/// The same attention with the two products on AVX512-BF16 dot products ([`super::avx512bf16`]),
+/// laid out as the f32 op: per head, K and V^T are packed once as A (bf16 pairs) and Q^T as B; per
+/// block of [`QB`] queries the scores come out transposed in f32, the softmax runs down their
+/// columns in f32, and the unnormalised probabilities become bf16 pairs in place, the B of
+/// `out^T = V^T P^T` (PyTorch's bf16 autocast rounds them to bf16 too).
+struct AttentionPairsOp {
+    scale: f32,
+}
+
+impl CustomOp3 for AttentionPairsOp {
+    fn name(&self) -> &'static str {
+        "diffedit-attention-avx512bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use super::avx512bf16::{self, gemm_serial_pairs, BView, PackedAPairs, PackedBPairs, NR};
+        let Operands { q, k, v, n, lq, lk, d, dv } = operands((s1, l1), (s2, l2), (s3, l3))?;
+        if !avx512bf16::available() {
+            candle_core::bail!("attention kernel: bf16 products need a CPU with AVX512-BF16");
+        }
+        let mut out = vec![0f32; n * lq * dv];
+        if n == 0 || lq == 0 || lk == 0 || d == 0 || dv == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((n, lq, dv))));
+        }
+        // Per head: K (the scores' A), Q^T (their B), V^T (the output's A).
+        let packed: Vec<(PackedAPairs, PackedBPairs, PackedAPairs)> = (0..n)
+            .into_par_iter()
+            .map(|h| {
+                (
+                    PackedAPairs::new(&k[h * lk * d..(h + 1) * lk * d], lk, d, d, 1),
+                    PackedBPairs::new(&q[h * lq * d..(h + 1) * lq * d], d, lq, 1, d),
+                    PackedAPairs::new(&v[h * lk * dv..(h + 1) * lk * dv], dv, lk, 1, dv),
+                )
+            })
+            .collect();
+        let blocks = lq.div_ceil(QB);
+        let optr = OutPtr(out.as_mut_ptr());
+        let scale = self.scale;
+        (0..n * blocks).into_par_iter().for_each_init(
+            || (vec![0f32; lk * QB], vec![0f32; dv * QB]),
+            |(scores, acc), t| {
+                let optr = optr;
+                let (h, blk) = (t / blocks, t % blocks);
+                let q0 = blk * QB;
+                let rows = QB.min(lq - q0);
+                let (kp, qtp, vtp) = &packed[h];
+                // S^T[lk, rows] = K Q_blk^T, one query per column.
+                gemm_serial_pairs(kp, qtp.view().from_column(q0), rows, scores, QB, false);
+                if rows < QB {
+                    // The columns past the last query hold an earlier block's words: zero them.
+                    for row in scores.chunks_mut(QB) {
+                        row[rows..].fill(0.0);
+                    }
+                }
+                let mut sums = [0f32; QB];
+                // SAFETY: AVX512-BF16 (and so AVX-512 F and BW) checked above; `scores` holds
+                // lk x QB values.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    super::vmath::softmax_exp_columns(scores, lk, QB, scale, &mut sums);
+                    avx512bf16::rows_to_pairs_in_place(scores, lk, QB);
+                }
+                // SAFETY: the first lk.div_ceil(2) * QB values are now words of bf16 pairs.
+                let words = unsafe { std::slice::from_raw_parts(scores.as_ptr() as *const u32, lk.div_ceil(2) * QB) };
+                let p = BView { data: words, pair_stride: QB, panel_stride: NR };
+                gemm_serial_pairs(vtp, p, rows, acc, QB, false);
+                for r in 0..rows {
+                    let inv = 1.0 / sums[r];
+                    for c in 0..dv {
+                        // SAFETY: row q0 + r of head h, disjoint between tasks.
+                        unsafe { *optr.0.add((h * lq + q0 + r) * dv + c) = acc[c * QB + r] * inv };
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((n, lq, dv))))
+    }
+}
+
+/// [`attention_f32`] with bf16 products on `isa`, which must be supported here
+/// ([`super::Bf16Isa::supported`]).
+pub fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, isa: super::Bf16Isa) -> Result<Tensor> {
+    let (q, k, v, scale) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, scale as f32);
+    match isa {
+        super::Bf16Isa::Amx => q.apply_op3_no_bwd(&k, &v, &AttentionBf16Op { scale }),
+        super::Bf16Isa::Avx512Bf16 => q.apply_op3_no_bwd(&k, &v, &AttentionPairsOp { scale }),
+    }
 }
 
 /// `softmax(q k^T * scale) v` for contiguous f32 `q [N, Lq, d]`, `k [N, Lk, d]`, `v [N, Lk, dv]`.

@@ -6,8 +6,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::amx::{gemm_bf16, BSrc16, PackedA16};
+use super::avx512bf16::{gemm_pairs, BPairs, PackedAPairs};
 use super::gemm::{gemm_packed, BSrc, PackB, PackedA, NR};
-use super::MatmulPrecision;
+use super::{Bf16Isa, Products};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConvParams {
@@ -122,10 +123,12 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-/// The packed weights, in the precision the products run in.
+/// The packed weights, in the precision and layout of the unit the products run on (bf16 ones
+/// hold half the memory of f32, and nothing else keeps the f32 weights).
 enum Weights {
     F32(PackedA),
-    Bf16(PackedA16),
+    Amx(PackedA16),
+    Avx512Bf16(PackedAPairs),
 }
 
 /// A convolution's weights packed once for the GEMM (the layer keeps only these on the kernel
@@ -140,18 +143,19 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// `weight`: contiguous f32 `[C_out, C_in, kh, kw]`; `precision` bf16 needs AMX
-    /// ([`super::bf16_matmul_available`]).
-    pub fn new(weight: &Tensor, p: ConvParams, precision: MatmulPrecision) -> Result<Self> {
+    /// `weight`: contiguous f32 `[C_out, C_in, kh, kw]`; bf16 `products` need their unit
+    /// ([`Bf16Isa::supported`]).
+    pub fn new(weight: &Tensor, p: ConvParams, products: Products) -> Result<Self> {
         let (c_out, c_in, kh, kw) = weight.dims4()?;
         let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let k = c_in * kh * kw;
-        let a = match precision {
-            MatmulPrecision::F32 => Weights::F32(PackedA::new(&w, c_out, k, k, 1)),
-            MatmulPrecision::Bf16 if super::bf16_matmul_available() => {
-                Weights::Bf16(PackedA16::new(&w, c_out, k, k, 1))
+        let a = match products {
+            Products::F32 => Weights::F32(PackedA::new(&w, c_out, k, k, 1)),
+            Products::Bf16(isa) if !isa.supported() => {
+                candle_core::bail!("conv2d kernel: bf16 products on {} need a CPU with it", isa.name())
             }
-            MatmulPrecision::Bf16 => candle_core::bail!("conv2d kernel: bf16 products need a CPU with AMX"),
+            Products::Bf16(Bf16Isa::Amx) => Weights::Amx(PackedA16::new(&w, c_out, k, k, 1)),
+            Products::Bf16(Bf16Isa::Avx512Bf16) => Weights::Avx512Bf16(PackedAPairs::new(&w, c_out, k, k, 1)),
         };
         Ok(Self { a, c_out, c_in, kh, kw, p })
     }
@@ -160,7 +164,8 @@ impl PackedConv {
     fn gemm(&self, b: &dyn PackB, batch: usize, n: usize, out: &mut [f32], prefilled: bool) {
         match &self.a {
             Weights::F32(a) => gemm_packed(a, BSrc::Pack(b), batch, n, out),
-            Weights::Bf16(a) => gemm_bf16(a, BSrc16::Pack(b), batch, n, out, prefilled),
+            Weights::Amx(a) => gemm_bf16(a, BSrc16::Pack(b), batch, n, out, prefilled),
+            Weights::Avx512Bf16(a) => gemm_pairs(a, BPairs::Pack(b), batch, n, out, prefilled),
         }
     }
 

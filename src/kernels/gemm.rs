@@ -378,12 +378,14 @@ macro_rules! store_tile {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
+pub(crate) use store_tile;
 
 /// Asks for the cache line at `p` in L1. A hint: it never faults, so `p` may lie past the end of
 /// a buffer (the last steps of a panel prefetch the next panel, or nothing).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch(p: *const f32) {
+pub(crate) fn prefetch(p: *const f32) {
     // SAFETY: prefetching reads no memory the program can observe and cannot fault.
     unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) }
 }
@@ -392,7 +394,7 @@ fn prefetch(p: *const f32) {
 /// C row apart, often from L3) overlap the K loop instead of following it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch_tile(c: *const f32, ldc: usize, rows: usize) {
+pub(crate) fn prefetch_tile(c: *const f32, ldc: usize, rows: usize) {
     for r in 0..rows {
         prefetch(c.wrapping_add(r * ldc));
         prefetch(c.wrapping_add(r * ldc + 16));

@@ -4,13 +4,15 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::amx::{gemm_bf16, BSrc16, PackedA16, PackedB16};
+use super::avx512bf16::{gemm_pairs, BPairs, PackedAPairs, PackedBPairs};
 use super::gemm::{gemm_rows, PackedB};
-use super::MatmulPrecision;
+use super::{Bf16Isa, Products};
 
-/// The packed weights, in the precision the products run in.
+/// The packed weights, in the precision and layout of the unit the products run on.
 enum Weights {
     F32(PackedB),
-    Bf16(PackedB16),
+    Amx(PackedB16),
+    Avx512Bf16(PackedBPairs),
 }
 
 pub struct PackedLinear {
@@ -20,17 +22,18 @@ pub struct PackedLinear {
 }
 
 impl PackedLinear {
-    /// `weight`: f32 `[d_out, d_in]`; `precision` bf16 needs AMX ([`super::bf16_matmul_available`]).
-    pub fn new(weight: &Tensor, precision: MatmulPrecision) -> Result<Self> {
+    /// `weight`: f32 `[d_out, d_in]`; bf16 `products` need their unit ([`Bf16Isa::supported`]).
+    pub fn new(weight: &Tensor, products: Products) -> Result<Self> {
         let (d_out, d_in) = weight.dims2()?;
         let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         // B[k][n] = W[n][k]
-        let b = match precision {
-            MatmulPrecision::F32 => Weights::F32(PackedB::new(&w, d_in, d_out, 1, d_in)),
-            MatmulPrecision::Bf16 if super::bf16_matmul_available() => {
-                Weights::Bf16(PackedB16::new(&w, d_in, d_out, 1, d_in))
+        let b = match products {
+            Products::F32 => Weights::F32(PackedB::new(&w, d_in, d_out, 1, d_in)),
+            Products::Bf16(isa) if !isa.supported() => {
+                candle_core::bail!("linear kernel: bf16 products on {} need a CPU with it", isa.name())
             }
-            MatmulPrecision::Bf16 => candle_core::bail!("linear kernel: bf16 products need a CPU with AMX"),
+            Products::Bf16(Bf16Isa::Amx) => Weights::Amx(PackedB16::new(&w, d_in, d_out, 1, d_in)),
+            Products::Bf16(Bf16Isa::Avx512Bf16) => Weights::Avx512Bf16(PackedBPairs::new(&w, d_in, d_out, 1, d_in)),
         };
         Ok(Self { b, d_in, d_out })
     }
@@ -64,9 +67,13 @@ impl PackedLinear {
         let mut out = out;
         match &self.b {
             Weights::F32(b) => gemm_rows(xs, m, d_in, d_in, b, &mut out),
-            Weights::Bf16(b) => {
+            Weights::Amx(b) => {
                 let a = PackedA16::new(xs, m, d_in, d_in, 1);
                 gemm_bf16(&a, BSrc16::Packed(b), 1, self.d_out, &mut out, bias.is_some())
+            }
+            Weights::Avx512Bf16(b) => {
+                let a = PackedAPairs::new(xs, m, d_in, d_in, 1);
+                gemm_pairs(&a, BPairs::Packed(b), 1, self.d_out, &mut out, bias.is_some())
             }
         }
         let mut odims = dims.to_vec();

@@ -9,16 +9,23 @@
 
 pub mod amx;
 pub mod attention;
+pub mod avx512bf16;
 pub mod conv;
 pub mod gemm;
 pub mod linear;
 pub mod norm;
+pub mod precision;
 pub mod vmath;
 
-use std::cell::Cell;
+pub use precision::{
+    bf16_isa, bf16_isas_supported, bf16_matmul_available, building_precision, building_products, compute_info,
+    compute_mode, with_bf16_isa, with_matmul_precision, Bf16Isa, ComputeInfo, Isa, MatmulPrecision, Precision,
+    Products,
+};
+
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 /// Whether the kernels are usable at all here (CPU features, `DIFFEDIT_KERNELS`).
@@ -43,53 +50,6 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
-/// How the kernels' matrix products (convolutions, linear layers) treat their operands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatmulPrecision {
-    /// f32 operands and sums.
-    #[default]
-    F32,
-    /// Operands rounded to bf16, sums in f32, on the CPU's tile units (AMX): the arithmetic of
-    /// PyTorch's bf16 autocast on these CPUs. Everything between the products stays f32.
-    Bf16,
-}
-
-thread_local! {
-    /// The precision layers built now pack their weights for ([`with_matmul_precision`]).
-    static BUILDING: Cell<MatmulPrecision> = const { Cell::new(MatmulPrecision::F32) };
-}
-
-/// Runs `build` (a model's constructor) with the kernel layers it creates packing their weights
-/// for products in `precision`; each layer keeps the precision it was built with.
-pub fn with_matmul_precision<T>(precision: MatmulPrecision, build: impl FnOnce() -> T) -> T {
-    let before = BUILDING.replace(precision);
-    let out = build();
-    BUILDING.set(before);
-    out
-}
-
-/// The precision layers built now take ([`with_matmul_precision`]).
-pub fn building_precision() -> MatmulPrecision {
-    BUILDING.get()
-}
-
-/// Whether products in bf16 can run here: the f32 kernels are on and the CPU has AMX.
-pub fn bf16_matmul_available() -> bool {
-    enabled() && amx::available()
-}
-
-/// What a requested compute dtype becomes on `device`: on a CPU with AMX, bf16 means f32 tensors
-/// whose matrix products run in bf16 (the kernels' elementwise work is f32, and PyTorch's
-/// autocast splits the work the same way); anything else stays as asked.
-pub fn compute_mode(device: &Device, dtype: DType) -> (DType, MatmulPrecision) {
-    if device.is_cpu() && dtype == DType::BF16 && bf16_matmul_available() {
-        (DType::F32, MatmulPrecision::Bf16)
-    } else {
-        (dtype, MatmulPrecision::F32)
     }
 }
 
@@ -120,7 +80,7 @@ impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
         if use_kernels(&weight) && cfg.groups == 1 && cfg.dilation == 1 {
             let p = conv::ConvParams { stride: cfg.stride, padding: cfg.padding };
-            Ok(Self::Packed { w: Arc::new(conv::PackedConv::new(&weight, p, building_precision())?), bias })
+            Ok(Self::Packed { w: Arc::new(conv::PackedConv::new(&weight, p, building_products()?)?), bias })
         } else {
             Ok(Self::Stock(candle_nn::Conv2d::new(weight, bias, cfg)))
         }
@@ -200,7 +160,7 @@ impl std::fmt::Debug for Linear {
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         if use_kernels(&weight) {
-            Ok(Self::Packed { w: Arc::new(linear::PackedLinear::new(&weight, building_precision())?), bias })
+            Ok(Self::Packed { w: Arc::new(linear::PackedLinear::new(&weight, building_products()?)?), bias })
         } else {
             Ok(Self::Stock(candle_nn::Linear::new(weight, bias)))
         }
@@ -465,47 +425,96 @@ mod tests {
         Ok(())
     }
 
-    /// bf16 products: against the same arithmetic done exactly (operands and unnormalised
-    /// probabilities rounded to bf16, sums in f64), and against f32 attention.
+    /// bf16 products, on every unit this CPU has: against the same arithmetic done exactly
+    /// (operands and unnormalised probabilities rounded to bf16, sums in f64), and against f32
+    /// attention; shapes with partial blocks of queries, keys and channels.
     #[test]
     fn bf16_attention_matches_rounded_reference() -> Result<()> {
-        if !bf16_matmul_available() {
+        let isas = bf16_isas_supported();
+        if isas.is_empty() {
+            eprintln!("skipped: this CPU has neither AMX nor AVX512-BF16");
             return Ok(());
         }
         let dev = Device::Cpu;
-        for &(n, lq, lk, d, dv) in &[(3, 150, 77, 40, 24), (2, 64, 300, 80, 80), (1, 5, 3, 8, 33)] {
-            let q = Tensor::randn(0f32, 1.0, (n, lq, d), &dev)?;
-            let k = Tensor::randn(0f32, 1.0, (n, lk, d), &dev)?;
-            let v = Tensor::randn(0f32, 1.0, (n, lk, dv), &dev)?;
-            let s = (d as f64).powf(-0.5);
-            let got = attention::attention_bf16(&q, &k, &v, s)?;
-            assert_eq!(got.dims(), &[n, lq, dv]);
-            let f32_ref = attention::attention_f32(&q, &k, &v, s)?;
-            let r = rel(&got, &f32_ref);
-            assert!(r < 2e-2, "{:?}: vs f32 {r}", (n, lq, lk, d, dv));
-            let b = |x: f32| amx::f32_of(amx::bf16(x)) as f64;
-            let (qv, kv, vv) = (
-                q.flatten_all()?.to_vec1::<f32>()?,
-                k.flatten_all()?.to_vec1::<f32>()?,
-                v.flatten_all()?.to_vec1::<f32>()?,
-            );
-            let mut want = vec![0f32; n * lq * dv];
-            for h in 0..n {
-                for i in 0..lq {
-                    let scores: Vec<f64> = (0..lk)
-                        .map(|j| (0..d).map(|c| b(qv[(h * lq + i) * d + c]) * b(kv[(h * lk + j) * d + c])).sum::<f64>())
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|x| ((x - max) * s).exp()).collect();
-                    let sum: f64 = e.iter().sum();
-                    for c in 0..dv {
-                        let acc: f64 = (0..lk).map(|j| b(e[j] as f32) * b(vv[(h * lk + j) * dv + c])).sum();
-                        want[(h * lq + i) * dv + c] = (acc / sum) as f32;
+        for isa in isas {
+            for &(n, lq, lk, d, dv) in
+                &[(3, 150, 77, 40, 24), (2, 64, 300, 80, 80), (1, 5, 3, 8, 33), (2, 97, 130, 7, 40)]
+            {
+                let what = (isa, n, lq, lk, d, dv);
+                let q = Tensor::randn(0f32, 1.0, (n, lq, d), &dev)?;
+                let k = Tensor::randn(0f32, 1.0, (n, lk, d), &dev)?;
+                let v = Tensor::randn(0f32, 1.0, (n, lk, dv), &dev)?;
+                let s = (d as f64).powf(-0.5);
+                let got = attention::attention_bf16(&q, &k, &v, s, isa)?;
+                assert_eq!(got.dims(), &[n, lq, dv]);
+                let f32_ref = attention::attention_f32(&q, &k, &v, s)?;
+                let r = rel(&got, &f32_ref);
+                assert!(r < 2e-2, "{what:?}: vs f32 {r}");
+                let b = |x: f32| amx::f32_of(amx::bf16(x)) as f64;
+                let (qv, kv, vv) = (
+                    q.flatten_all()?.to_vec1::<f32>()?,
+                    k.flatten_all()?.to_vec1::<f32>()?,
+                    v.flatten_all()?.to_vec1::<f32>()?,
+                );
+                let mut want = vec![0f32; n * lq * dv];
+                for h in 0..n {
+                    for i in 0..lq {
+                        let scores: Vec<f64> = (0..lk)
+                            .map(|j| {
+                                (0..d).map(|c| b(qv[(h * lq + i) * d + c]) * b(kv[(h * lk + j) * d + c])).sum::<f64>()
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = scores.iter().map(|x| ((x - max) * s).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        for c in 0..dv {
+                            let acc: f64 = (0..lk).map(|j| b(e[j] as f32) * b(vv[(h * lk + j) * dv + c])).sum();
+                            want[(h * lq + i) * dv + c] = (acc / sum) as f32;
+                        }
                     }
                 }
+                let r = rel(&got, &Tensor::from_vec(want, (n, lq, dv), &dev)?);
+                assert!(r < 1e-3, "{what:?}: vs rounded reference {r}");
             }
-            let r = rel(&got, &Tensor::from_vec(want, (n, lq, dv), &dev)?);
-            assert!(r < 1e-3, "{:?}: vs rounded reference {r}", (n, lq, lk, d, dv));
+        }
+        Ok(())
+    }
+
+    /// Convolutions and linear layers built for bf16 products on each unit this CPU has: against
+    /// candle's f32 layers within bf16's rounding (relative L2 ~ 2^-9), clearly apart from f32.
+    #[test]
+    fn bf16_layers_match_f32_within_bf16_rounding() -> Result<()> {
+        let isas = bf16_isas_supported();
+        if isas.is_empty() {
+            eprintln!("skipped: this CPU has neither AMX nor AVX512-BF16");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        for isa in isas {
+            let bf16 = |f: &mut dyn FnMut() -> Result<Tensor>| {
+                with_bf16_isa(isa, || with_matmul_precision(MatmulPrecision::Bf16, f))
+            };
+            for &(b, ci, co, h, w, k, s, p) in
+                &[(2, 13, 7, 33, 40, 3, 1, 1), (1, 16, 24, 10, 11, 3, 2, 0), (2, 40, 50, 19, 21, 1, 1, 0)]
+            {
+                let x = Tensor::randn(0f32, 1.0, (b, ci, h, w), &dev)?;
+                let wt = Tensor::randn(0f32, 0.2, (co, ci, k, k), &dev)?;
+                let bias = Tensor::randn(0f32, 1.0, co, &dev)?;
+                let cfg = candle_nn::Conv2dConfig { padding: p, stride: s, ..Default::default() };
+                let want = candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg).forward(&x)?;
+                let got = bf16(&mut || Conv2d::new(wt.clone(), Some(bias.clone()), cfg)?.forward(&x))?;
+                let r = rel(&got, &want);
+                assert!(r > 1e-5 && r < 1e-2, "{isa:?} conv {:?}: rel {r}", (b, ci, co, h, w, k, s, p));
+            }
+            for (t, din, dout) in [(3, 5, 7), (77, 768, 320), (130, 41, 70)] {
+                let x = Tensor::randn(0f32, 1.0, (2, t, din), &dev)?;
+                let wt = Tensor::randn(0f32, 0.1, (dout, din), &dev)?;
+                let bias = Tensor::randn(0f32, 0.1, dout, &dev)?;
+                let want = candle_nn::Linear::new(wt.clone(), Some(bias.clone())).forward(&x)?;
+                let got = bf16(&mut || Linear::new(wt.clone(), Some(bias.clone()))?.forward(&x))?;
+                let r = rel(&got, &want);
+                assert!(r > 1e-5 && r < 1e-2, "{isa:?} linear {t} {din} {dout}: rel {r}");
+            }
         }
         Ok(())
     }

@@ -76,8 +76,8 @@ pub struct Attention {
     heads: usize,
     dim_head: usize,
     upcast: bool,
-    /// The products' precision, as the layer was built ([`kernels::with_matmul_precision`]).
-    matmul: kernels::MatmulPrecision,
+    /// The products' precision and unit, as the layer was built ([`kernels::with_matmul_precision`]).
+    products: kernels::Products,
 }
 
 impl Attention {
@@ -100,7 +100,7 @@ impl Attention {
             heads,
             dim_head,
             upcast,
-            matmul: kernels::building_precision(),
+            products: kernels::building_products()?,
         })
     }
 
@@ -122,10 +122,11 @@ impl Attention {
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let scale = 1.0 / (self.dim_head as f64).sqrt();
-        let out = if self.matmul == kernels::MatmulPrecision::Bf16 && kernels::use_kernels(&q) {
-            kernels::attention::attention_bf16(&q, &k, &v, scale)?
-        } else {
-            scaled_dot_product_attention(&q, &k, &v, scale, self.upcast)?
+        let out = match self.products {
+            kernels::Products::Bf16(isa) if kernels::use_kernels(&q) => {
+                kernels::attention::attention_bf16(&q, &k, &v, scale, isa)?
+            }
+            _ => scaled_dot_product_attention(&q, &k, &v, scale, self.upcast)?,
         };
         let out = out.reshape((b, self.heads, l, self.dim_head))?.transpose(1, 2)?.reshape((
             b,

@@ -62,9 +62,12 @@ pub struct StableDiffusion {
     /// Compute dtype of the VAE: f32 when its config asks for `force_upcast` and the compute
     /// dtype is f16 (SD's VAE overflows in f16), as diffusers' pipelines do.
     pub vae_dtype: DType,
-    /// How the CPU kernels' matrix products run: bf16 on the tile units when bf16 was asked for
-    /// on a CPU with AMX (`dtype` is then f32: the tensors between the products), else f32.
+    /// How the CPU kernels' matrix products run: bf16 when bf16 was asked for on a CPU with a
+    /// bf16 unit (`dtype` is then f32: the tensors between the products), else f32.
     pub matmul: crate::kernels::MatmulPrecision,
+    /// What runs for the dtype asked for (`precision`, `isa`, a `fallback` line), for messages
+    /// and the commands' `--json`.
+    pub compute: crate::kernels::ComputeInfo,
     pub origins: ComponentOrigins,
     /// The whole model's local folder, when it was loaded from one (not for hub repos or models
     /// put together component by component); where its `diffedit.json` would be.
@@ -242,17 +245,17 @@ fn check(path: &Path, v: std::result::Result<(), String>) -> Result<()> {
 impl StableDiffusion {
     /// Loads every component, reading each architecture from its `config.json`.
     pub fn load(spec: &ModelSpec, fetcher: &Fetcher, device: &Device, dtype: DType) -> Result<Self> {
-        // bf16 on a CPU with AMX: f32 tensors whose matrix products run in bf16 (kernels::compute_mode).
-        let (dtype, matmul) = crate::kernels::compute_mode(device, dtype);
-        crate::kernels::with_matmul_precision(matmul, || Self::load_as(spec, fetcher, device, dtype, matmul))
+        // bf16 on a CPU with a bf16 unit: f32 tensors whose matrix products run in bf16; f16 on the
+        // CPU: f32 (kernels::compute_info).
+        let compute = crate::kernels::compute_info(device, dtype);
+        crate::kernels::with_matmul_precision(compute.matmul, || Self::load_as(spec, fetcher, device, compute.clone()))
     }
 
     fn load_as(
         spec: &ModelSpec,
         fetcher: &Fetcher,
         device: &Device,
-        dtype: DType,
-        matmul: crate::kernels::MatmulPrecision,
+        compute: crate::kernels::ComputeInfo,
     ) -> Result<Self> {
         // `--model FILE.safetensors` / `--vae FILE.safetensors`: single-file checkpoints.
         let config_dir = spec.config.as_deref().map(Path::new);
@@ -270,6 +273,7 @@ impl StableDiffusion {
             ));
         }
         // A component named on its own wins; then the checkpoint; then the whole model.
+        let (dtype, matmul) = (compute.tensors, compute.matmul);
         let pick = |own: &Option<String>, default: &str| -> Result<ModelSource> {
             let whole = if checkpoint.is_some() { None } else { spec.model.as_deref() };
             ModelSource::parse(own.as_deref().or(whole).unwrap_or(default))
@@ -389,6 +393,7 @@ impl StableDiffusion {
             dtype,
             vae_dtype,
             matmul,
+            compute,
             origins,
             model_dir,
         })

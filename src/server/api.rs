@@ -164,6 +164,7 @@ async fn health(State(st): Shared) -> Json<Value> {
         "model": e.model().origins,
         "model_name": o.model_name,
         "native_size": e.model().native_size(),
+        "compute": e.model().compute,
         "defaults": e.default_params(),
         "queue": { "capacity": o.queue, "length": st.queue_length() },
         "limits": {
