@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod image_io;
 pub mod kernels;
+pub mod memory;
 pub mod models;
 pub mod paste;
 pub mod rng;

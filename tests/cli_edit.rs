@@ -656,3 +656,34 @@ fn every_dtype_reports_the_path_it_ran_and_slow_ones_say_what_runs_instead() {
         assert!(!err.contains("warning"), "{err}");
     }
 }
+
+/// On a CPU whose tile units Linux refuses the process (what a Zen 4, or a kernel without AMX
+/// support, looks like), `--dtype bf16` picks the AVX512-BF16 products by itself, without any
+/// override, and says so in `--json`; a CPU without AVX512-BF16 either falls back to f32 with the
+/// warning line. On an Intel Xeon with AMX this is the path that stands in for a Zen 4.
+#[test]
+fn bf16_without_tile_units_picks_avx512_bf16_by_itself() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let image = fixture("sd1_exact_default_in.png");
+    let mut args = quick(dir.path(), &image);
+    args.extend(["--dtype", "bf16", "--json"].iter().map(|s| s.to_string()));
+    let mut cmd = diffedit();
+    cmd.env_remove("DIFFEDIT_BF16_ISA").env_remove("DIFFEDIT_KERNELS").args(&args);
+    // SAFETY: the hook makes raw prctl calls only (no allocation, no locks).
+    unsafe { cmd.pre_exec(diffedit::kernels::amx::refuse_tile_state) };
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let has_avx512_bf16 = diffedit::kernels::bf16_isas_supported().contains(&diffedit::kernels::Bf16Isa::Avx512Bf16);
+    if has_avx512_bf16 {
+        assert_eq!(
+            (&v["precision"], &v["isa"], &v["fallback"]),
+            (&"bf16".into(), &"avx512bf16".into(), &serde_json::Value::Null)
+        );
+        assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    } else {
+        assert_eq!(v["precision"], "f32");
+        assert!(stderr(&o).contains("warning: --dtype bf16:"), "{}", stderr(&o));
+    }
+}

@@ -12,10 +12,12 @@
 #                                          # and the tutorial's 50 steps (ours, reference, diffusers'
 #                                          # StableDiffusionDiffEditPipeline at its defaults)
 #   ONLY_EDIT=1 tools/bench_compare.sh     # the edits alone
-#   ISA=avx512bf16 tools/bench_compare.sh  # bf16 on AVX512-BF16 dot products on both sides (implies
-#                                          # BF16=1): ours with DIFFEDIT_BF16_ISA=avx512bf16, PyTorch with
-#                                          # ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 (oneDNN without AMX), for
-#                                          # every row: what an AMD Zen 4 runs, on an Intel CPU with AMX.
+#   ISA=avx512bf16 tools/bench_compare.sh  # what an AMD Zen 4 runs, on an Intel CPU with AMX (implies
+#                                          # BF16=1): both sides run under examples/no_amx (tools/probes/
+#                                          # no_amx.rs: the process may not use the tile units), so each
+#                                          # picks AVX512-BF16 by itself; PyTorch also gets
+#                                          # ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16. The cap alone is not
+#                                          # enough: PyTorch's flash attention still takes AMX under it.
 #                                          # ISA=amx forces the tile units on ours (the default where present).
 #
 # Every run starts with the machine's peak (`PROBE=peak` of examples/kernel_probe.rs: register-only
@@ -33,18 +35,22 @@ PY=${PYTHON:-/work/venv-ref/bin/python}
 RUNS=${RUNS:-3}
 OUT=${OUT:-bench_results.jsonl}
 cargo build --release --quiet
-cargo build --release --quiet --example kernel_probe
+cargo build --release --quiet --example kernel_probe --example no_amx
 BIN=${CARGO_TARGET_DIR:-target}/release/diffedit
 PROBE_BIN=${CARGO_TARGET_DIR:-target}/release/examples/kernel_probe
+# Commands run through $RUN (empty, or no_amx for ISA=avx512bf16).
+RUN=()
 : > "$OUT"
 case "${ISA:-}" in
   "") ;;
-  avx512bf16) BF16=1; export DIFFEDIT_BF16_ISA=avx512bf16; export ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 ;;
+  avx512bf16)
+    BF16=1; export ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16
+    RUN=("${CARGO_TARGET_DIR:-target}/release/examples/no_amx") ;;
   amx) BF16=1; export DIFFEDIT_BF16_ISA=amx ;;
   *) echo "ISA must be avx512bf16 or amx, got $ISA" >&2; exit 2 ;;
 esac
 echo "load before: $(cat /proc/loadavg); $(grep -m1 'model name' /proc/cpuinfo)" >&2
-PROBE=peak "$PROBE_BIN" | grep '^{' >> "$OUT"
+PROBE=peak "${RUN[@]}" "$PROBE_BIN" | grep '^{' >> "$OUT"
 
 cases=("unet --batch 1 --latent 32" "clip")
 if [ -z "${QUICK:-}" ]; then
@@ -54,22 +60,22 @@ if [ -n "${ONLY_EDIT:-}" ]; then cases=(); EDIT=1; fi
 if [ -n "${EDIT:-}" ]; then
   for steps in 10 50; do
     echo "== edit 256x256, $steps steps" >&2
-    "$BIN" bench edit --size 256 --steps "$steps" --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
-    "$PY" tools/bench_torch.py edit --size 256 --steps "$steps" --runs 1 2>/dev/null | grep '^{' >> "$OUT"
+    "${RUN[@]}" "$BIN" bench edit --size 256 --steps "$steps" --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
+    "${RUN[@]}" "$PY" tools/bench_torch.py edit --size 256 --steps "$steps" --runs 1 2>/dev/null | grep '^{' >> "$OUT"
     if [ -n "${BF16:-}" ] && [ "$steps" = 10 ]; then
-      "$BIN" bench edit --size 256 --steps "$steps" --dtype bf16 --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
-      "$PY" tools/bench_torch.py edit --size 256 --steps "$steps" --dtype bf16 --runs 1 2>/dev/null | grep '^{' >> "$OUT"
+      "${RUN[@]}" "$BIN" bench edit --size 256 --steps "$steps" --dtype bf16 --runs 1 --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
+      "${RUN[@]}" "$PY" tools/bench_torch.py edit --size 256 --steps "$steps" --dtype bf16 --runs 1 2>/dev/null | grep '^{' >> "$OUT"
     fi
   done
-  "$PY" tools/bench_torch.py edit-diffusers --size 256 --steps 50 --runs 1 2>/dev/null | grep '^{' >> "$OUT"
+  "${RUN[@]}" "$PY" tools/bench_torch.py edit-diffusers --size 256 --steps 50 --runs 1 2>/dev/null | grep '^{' >> "$OUT"
 fi
 for c in "${cases[@]}"; do
   echo "== $c" >&2
-  "$BIN" bench $c --dtype f32 --runs "$RUNS" --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
-  "$PY" tools/bench_torch.py $c --dtype f32 --runs "$RUNS" 2>/dev/null | grep '^{' >> "$OUT"
+  "${RUN[@]}" "$BIN" bench $c --dtype f32 --runs "$RUNS" --json | sed 's/^{/{"impl":"ours",/' >> "$OUT"
+  "${RUN[@]}" "$PY" tools/bench_torch.py $c --dtype f32 --runs "$RUNS" 2>/dev/null | grep '^{' >> "$OUT"
   if [ -n "${BF16:-}" ] && [[ "$c" == unet* || "$c" == vae* ]]; then
-    "$PY" tools/bench_torch.py $c --dtype bf16 --runs "$RUNS" 2>/dev/null | grep '^{' >> "$OUT"
-    "$BIN" bench $c --dtype bf16 --runs "$RUNS" --json | sed 's/^{/{"impl":"ours",/' >> "$OUT" || true
+    "${RUN[@]}" "$PY" tools/bench_torch.py $c --dtype bf16 --runs "$RUNS" 2>/dev/null | grep '^{' >> "$OUT"
+    "${RUN[@]}" "$BIN" bench $c --dtype bf16 --runs "$RUNS" --json | sed 's/^{/{"impl":"ours",/' >> "$OUT" || true
   fi
 done
 echo "load after: $(cat /proc/loadavg)" >&2

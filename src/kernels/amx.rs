@@ -67,6 +67,46 @@ pub fn available() -> bool {
     })
 }
 
+/// Makes Linux refuse this process (and what it execs) the tile state, as a kernel or CPU without
+/// AMX would: a seccomp filter answers EPERM to `arch_prctl(ARCH_REQ_XCOMP_PERM, ..)` and lets
+/// every other call through. For benchmarks and tests of what a CPU without tile units runs (an
+/// AMD Zen 4) on an Intel Xeon with AMX: [`available`] then says no, and so does every library
+/// that asks before it uses the tiles (oneDNN, PyTorch's flash attention). Call it before
+/// anything asks (a `pre_exec` hook of a child process, or first thing in `main`). Only raw
+/// syscalls and stack values: safe between `fork` and `exec`.
+pub fn refuse_tile_state() -> std::io::Result<()> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+        const ARCH_REQ_XCOMP_PERM: u32 = 0x1023;
+        // Offsets in `struct seccomp_data`: the call's number at 0, its first argument at 16.
+        const NR_AT: u32 = 0;
+        const ARG0_AT: u32 = 16;
+        let stmt = |code: u32, k: u32| sock_filter { code: code as u16, jt: 0, jf: 0, k };
+        let jump_eq = |k: u32, jt: u8, jf: u8| sock_filter { code: (BPF_JMP | BPF_JEQ | BPF_K) as u16, jt, jf, k };
+        let filter = [
+            stmt(BPF_LD | BPF_W | BPF_ABS, NR_AT),
+            jump_eq(libc::SYS_arch_prctl as u32, 0, 3),
+            stmt(BPF_LD | BPF_W | BPF_ABS, ARG0_AT),
+            jump_eq(ARCH_REQ_XCOMP_PERM, 0, 1),
+            stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW),
+        ];
+        let program = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut sock_filter };
+        // SAFETY: plain prctl calls; `program` and `filter` outlive them (the kernel copies the filter).
+        let failed = unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const sock_fprog) != 0
+        };
+        if failed {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    Ok(())
+}
+
 /// f32 to bf16, rounding to nearest even (NaN stays NaN).
 #[inline(always)]
 pub fn bf16(x: f32) -> u16 {
