@@ -835,21 +835,7 @@ mod tests {
             let c0 = crate::kernels::test_matrix(batch * m * n, 11);
             let pa = PackedA16::new(&a, m, k, k, 1);
             // Through the packer path: a B already laid out as [K, N] per batch item.
-            struct Dense<'a>(&'a [f32], usize, usize);
-            impl PackB for Dense<'_> {
-                fn pack(&self, b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
-                    let (k, n) = (self.1, self.2);
-                    for p in 0..nc.div_ceil(NR) {
-                        for kk in 0..kc {
-                            for l in 0..NR {
-                                let col = n0 + p * NR + l;
-                                buf[p * kc * NR + kk * NR + l] =
-                                    if p * NR + l < nc { self.0[b * k * n + (k0 + kk) * n + col] } else { 0.0 };
-                            }
-                        }
-                    }
-                }
-            }
+            use crate::kernels::DenseB as Dense;
             let mut c = c0.clone();
             gemm_bf16(&pa, BSrc16::Pack(&Dense(&b, k, n)), batch, n, &mut c, true);
             for i in 0..batch {

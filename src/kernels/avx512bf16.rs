@@ -514,7 +514,6 @@ unsafe fn micro<const R: usize>(
 mod tests {
     use super::*;
     use crate::kernels::amx::f32_of;
-    use crate::kernels::gemm::PackB;
 
     /// `c0 + A * B` with the operands rounded to bf16, summed in f64, and the sum of the products'
     /// magnitudes (the scale an f32 sum's rounding error grows with).
@@ -541,22 +540,7 @@ mod tests {
         }
     }
 
-    /// B as `[K, N]` per batch item, through the f32 packers' interface.
-    struct Dense<'a>(&'a [f32], usize, usize);
-    impl PackB for Dense<'_> {
-        fn pack(&self, b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
-            let (k, n) = (self.1, self.2);
-            for p in 0..nc.div_ceil(NR) {
-                for kk in 0..kc {
-                    for l in 0..NR {
-                        let col = n0 + p * NR + l;
-                        buf[p * kc * NR + kk * NR + l] =
-                            if p * NR + l < nc { self.0[b * k * n + (k0 + kk) * n + col] } else { 0.0 };
-                    }
-                }
-            }
-        }
-    }
+    use crate::kernels::DenseB as Dense;
 
     /// Every B source and every packing path against the rounded operands summed in f64, on
     /// shapes with partial register tiles in M and N, odd K, several K blocks (equal ones, and an

@@ -299,6 +299,28 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 
 /// A deterministic pseudo-random matrix in [-1, 1) for the kernels' unit tests (no random-number
 /// dependency, the same values on every machine).
+/// A B stored as `[K, N]` per batch item, through the f32 packers' interface: the plain B the
+/// GEMM tests feed every packer path with.
+#[cfg(test)]
+pub(crate) struct DenseB<'a>(pub &'a [f32], pub usize, pub usize);
+
+#[cfg(test)]
+impl gemm::PackB for DenseB<'_> {
+    fn pack(&self, b: usize, k0: usize, kc: usize, n0: usize, nc: usize, buf: &mut [f32]) {
+        use gemm::NR;
+        let (k, n) = (self.1, self.2);
+        for p in 0..nc.div_ceil(NR) {
+            for kk in 0..kc {
+                for l in 0..NR {
+                    let col = n0 + p * NR + l;
+                    buf[p * kc * NR + kk * NR + l] =
+                        if p * NR + l < nc { self.0[b * k * n + (k0 + kk) * n + col] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn test_matrix(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
