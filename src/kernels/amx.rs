@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::{PackB, NR};
+use super::gemm::{OutPtr, PackB, NR};
 
 /// Rows of an A tile and of a C tile.
 pub const TM: usize = 16;
@@ -590,11 +590,6 @@ unsafe fn add_tiles(
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// A thread's working buffers for the tile kernels, kept between calls: rayon's `for_each_init`
 /// makes fresh ones for every split of the work, and zeroing them cost more than some products.
 struct Scratch {
@@ -692,9 +687,7 @@ fn gemm_bf16_tasks(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut 
             return;
         }
     }
-    let m_chunks = if batch * n_tiles >= want { 1 } else { want.div_ceil(batch * n_tiles).min(pairs) };
-    let pairs_per_chunk = pairs.div_ceil(m_chunks);
-    let m_chunks = pairs.div_ceil(pairs_per_chunk);
+    let (m_chunks, pairs_per_chunk) = super::gemm::split_m(batch * n_tiles, pairs, want);
     let out = OutPtr(c.as_mut_ptr());
     let packing = matches!(bsrc, BSrc16::Pack(_));
     let (fbuf_len, vbuf_len) = if packing { (TK * NC, KC * NC) } else { (0, 0) };

@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{gemm_serial, BSrc, PackB, PackedA, NR};
+use super::gemm::{gemm_serial, BSrc, OutPtr, PackB, PackedA, NR};
 
 /// Query rows per task (a multiple of the GEMM's column panel).
 pub const QB: usize = 64;
@@ -57,11 +57,6 @@ fn operands<'a>(
     }
     Ok(Operands { q: slice(q.0, q.1)?, k: slice(k.0, k.1)?, v: slice(v.0, v.1)?, n, lq, lk, d, dv })
 }
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// B = Q_blk^T for the scores: `B[k][j] = q[j][k]` for the block's `rows` queries (zero past them).
 struct QueriesT<'a> {

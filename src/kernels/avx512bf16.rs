@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::amx::{bf16, Aligned};
-use super::gemm::PackB;
+use super::gemm::{OutPtr, PackB};
 
 /// Rows of a register tile (A, broadcast).
 pub const MR: usize = 12;
@@ -298,11 +298,6 @@ impl<'a> BView<'a> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// `C_b += A * B_b` for every batch item b (C_b is `c[b * m * n ..]`, row-major `[M, N]`), both
 /// operands in bf16, sums in f32; with `accumulate` false `C_b = A * B_b` (C's values unread).
 /// Needs [`available`].
@@ -325,9 +320,7 @@ pub fn gemm_pairs(a: &PackedAPairs, bsrc: BPairs, batch: usize, n: usize, c: &mu
         BPairs::Pack(_) => 3 * threads,
         BPairs::Packed(_) => 8 * threads,
     };
-    let m_chunks = if batch * n_tiles >= want { 1 } else { want.div_ceil(batch * n_tiles).min(m_panels) };
-    let panels_per_chunk = m_panels.div_ceil(m_chunks);
-    let m_chunks = m_panels.div_ceil(panels_per_chunk);
+    let (m_chunks, panels_per_chunk) = super::gemm::split_m(batch * n_tiles, m_panels, want);
     let out = OutPtr(c.as_mut_ptr());
     let (f_len, w_len) = match bsrc {
         BPairs::Pack(_) => (CHUNK * NC, KC / 2 * NC),

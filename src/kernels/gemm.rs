@@ -109,11 +109,21 @@ pub enum BSrc<'a> {
     InPlace { data: &'a [f32], ldb: usize },
 }
 
-/// Shares the output between tasks that write disjoint tiles of it.
+/// Shares the output between tasks that write disjoint tiles of it (every GEMM here, and
+/// attention's heads).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+/// How many ranges to split M into, and how many of `m_units` (register panels, or pair rows)
+/// each range gets: M is split only when `col_tasks` (batch items x column tiles) are fewer than
+/// `want` tasks, since a range that packs B itself repeats that work.
+pub(crate) fn split_m(col_tasks: usize, m_units: usize, want: usize) -> (usize, usize) {
+    let chunks = if col_tasks >= want { 1 } else { want.div_ceil(col_tasks).min(m_units) };
+    let per_chunk = m_units.div_ceil(chunks);
+    (m_units.div_ceil(per_chunk), per_chunk)
+}
 
 /// `C_b += A * B_b` for every batch item b; C_b is `c[b * m * n ..]`, row-major `[M, N]`.
 pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32]) {
@@ -131,9 +141,7 @@ pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32
         BSrc::Pack(_) => 3 * threads,
         BSrc::Packed(_) | BSrc::InPlace { .. } => 8 * threads,
     };
-    let m_chunks = if batch * n_tiles >= want { 1 } else { want.div_ceil(batch * n_tiles).min(m_panels) };
-    let panels_per_chunk = m_panels.div_ceil(m_chunks);
-    let m_chunks = m_panels.div_ceil(panels_per_chunk);
+    let (m_chunks, panels_per_chunk) = split_m(batch * n_tiles, m_panels, want);
     let out = OutPtr(c.as_mut_ptr());
     let tasks = batch * n_tiles * m_chunks;
     let buf_len = if matches!(bsrc, BSrc::Pack(_)) { KC * NC } else { 0 };
