@@ -6,13 +6,13 @@ use clap::Args;
 
 use super::edit::EditFlags;
 use super::shared::{
-    check_outputs, edit_heading, edit_noise, load, parse_list, picture_tile, print_summary, warn_truncated,
+    check_outputs, edit_heading, load, parse_list, picture_tile, print_summary, start_experiment, Experiment,
     PictureArgs, Written,
 };
 use super::{default_out, ModelArgs, OutputArgs};
-use crate::diffedit::experiments::{ablate, latents_to_image, prepare, ratio_steps, Ledger};
+use crate::diffedit::experiments::{ablate, latents_to_image, ratio_steps};
 use crate::error::Result;
-use crate::image_io::{image_to_tensor, map_values};
+use crate::image_io::map_values;
 use crate::viz::{self, figure};
 
 #[derive(Args, Debug)]
@@ -45,15 +45,9 @@ pub fn run(args: &AblateArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
-    let params = args.edit.params_for(&l.engine)?;
-    let pipeline = l.engine.pipeline(params.clone())?;
-    let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
-    let image = image_to_tensor(&l.processed)?;
-    let progress = o.progress();
-    let mut ledger = Ledger::default();
+    let Experiment { pipeline, prepared, mut ledger, progress, .. } =
+        start_experiment(&l, &args.picture, &args.edit, o)?;
     let (source, target) = (&args.picture.source, &args.picture.target);
-    let prepared = prepare(&pipeline, &image, source, target, &noise, &mut ledger, progress.as_ref())?;
-    warn_truncated(o, l.engine.model(), &prepared.embeddings.truncated);
     let (inverted, runs) = ablate(&pipeline, &prepared, &ratios, &mut ledger, progress.as_ref())?;
 
     let style = figure::Style::default();

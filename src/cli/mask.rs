@@ -6,13 +6,13 @@ use clap::Args;
 
 use super::edit::EditFlags;
 use super::shared::{
-    check_outputs, edit_heading, edit_noise, load, parse_list, picture_tile, print_summary, warn_truncated,
+    check_outputs, edit_heading, load, parse_list, picture_tile, print_summary, start_experiment, Experiment,
     PictureArgs, Written,
 };
 use super::{default_out, ModelArgs, OutputArgs};
-use crate::diffedit::experiments::{prepare, threshold_sweep, Ledger};
+use crate::diffedit::experiments::threshold_sweep;
 use crate::error::{Error, Result};
-use crate::image_io::{image_to_tensor, map_values};
+use crate::image_io::map_values;
 use crate::viz::{self, figure};
 
 #[derive(Args, Debug)]
@@ -52,15 +52,8 @@ pub fn run(args: &MaskArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
-    let params = args.edit.params_for(&l.engine)?;
-    let pipeline = l.engine.pipeline(params.clone())?;
-    let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
-    let image = image_to_tensor(&l.processed)?;
-    let progress = o.progress();
-    let mut ledger = Ledger::default();
+    let Experiment { params, pipeline, prepared, ledger, .. } = start_experiment(&l, &args.picture, &args.edit, o)?;
     let (source, target) = (&args.picture.source, &args.picture.target);
-    let prepared = prepare(&pipeline, &image, source, target, &noise, &mut ledger, progress.as_ref())?;
-    warn_truncated(o, l.engine.model(), &prepared.embeddings.truncated);
     // Every threshold reuses the one normalised difference: no further UNet evaluation.
     let sweep = threshold_sweep(&prepared.mask.normalized, &thresholds)?;
 

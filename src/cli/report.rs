@@ -7,12 +7,12 @@ use clap::Args;
 
 use super::edit::EditFlags;
 use super::shared::{
-    check_outputs, edit_heading, edit_noise, load, picture_tile, print_summary, warn_truncated, PictureArgs, Written,
+    check_outputs, edit_heading, load, picture_tile, print_summary, start_experiment, Experiment, PictureArgs, Written,
 };
 use super::{default_out, ModelArgs, OutputArgs};
-use crate::diffedit::experiments::{compare, latents_to_image, prepare, Ledger, Stream};
+use crate::diffedit::experiments::{compare, latents_to_image, Stream};
 use crate::error::Result;
-use crate::image_io::{image_to_tensor, map_values};
+use crate::image_io::map_values;
 use crate::viz::{self, figure};
 
 #[derive(Args, Debug)]
@@ -48,21 +48,15 @@ pub fn run(args: &ReportArgs) -> Result<()> {
 
     let o = &args.output;
     let l = load(&args.model, Some(&args.picture.image), args.picture.size.as_deref(), o)?;
-    let params = args.edit.params_for(&l.engine)?;
-    let pipeline = l.engine.pipeline(params.clone())?;
-    let noise = edit_noise(&pipeline, &params, args.picture.noise.as_deref(), &l)?;
+    let Experiment { params, pipeline, prepared, mut ledger, progress } =
+        start_experiment(&l, &args.picture, &args.edit, o)?;
     let latent = pipeline.latent_shape(l.width, l.height);
     let img2img_noise = if args.img2img {
         Some(crate::rng::standard_normal(params.rng, params.seed, Stream::Img2img, latent)?)
     } else {
         None
     };
-    let image = image_to_tensor(&l.processed)?;
-    let progress = o.progress();
-    let mut ledger = Ledger::default();
     let (source, target) = (&args.picture.source, &args.picture.target);
-    let prepared = prepare(&pipeline, &image, source, target, &noise, &mut ledger, progress.as_ref())?;
-    warn_truncated(o, l.engine.model(), &prepared.embeddings.truncated);
     let c = compare(&pipeline, &prepared, img2img_noise.as_ref(), None, &mut ledger, progress.as_ref())?;
 
     let style = figure::Style::default();

@@ -7,12 +7,15 @@ use std::time::Instant;
 use clap::Args;
 use image::RgbImage;
 
+use super::edit::EditFlags;
 use super::{path_str, ModelArgs, OutputArgs};
 use crate::diffedit::engine::{check_prompts, Engine, DEFAULT_CACHE_MB};
-use crate::diffedit::experiments::Ledger;
-use crate::diffedit::{DiffEdit, EditParams, Noise};
+use crate::diffedit::experiments::{prepare, Ledger, Prepared};
+use crate::diffedit::{DiffEdit, EditParams, Noise, Progress};
 use crate::error::{Error, Result};
-use crate::image_io::{self, check_output_path, check_processing_size, load_rgb, processing_size, resize, save_image};
+use crate::image_io::{
+    self, check_output_path, check_processing_size, image_to_tensor, load_rgb, processing_size, resize, save_image,
+};
 use crate::models::loading::StableDiffusion;
 use crate::viz::figure::{Figure, Style, Tile};
 
@@ -129,6 +132,37 @@ pub fn edit_noise(pipeline: &DiffEdit, params: &EditParams, file: Option<&Path>,
         Some(path) => Noise::from_file(path, latent, params.mask_samples),
         None => Noise::drawn(params.rng, params.seed, latent, params.mask_samples),
     }
+}
+
+/// Where `mask`, `ablate`, `compare` and `report` all start on one picture: the edit settings,
+/// the pipeline on the engine's stage cache, and the prompts and picture encoded and the mask
+/// computed (stages "encode" and "mask" in `ledger`).
+pub struct Experiment<'e> {
+    pub params: EditParams,
+    pub pipeline: DiffEdit<'e>,
+    pub prepared: Prepared,
+    pub ledger: Ledger,
+    pub progress: Box<dyn Progress>,
+}
+
+/// Settles the settings on the loaded model, draws (or reads) the noise and computes the mask of
+/// `picture`, warning about prompts cut to the tokenizer's limit.
+pub fn start_experiment<'e>(
+    l: &'e Loaded,
+    picture: &PictureArgs,
+    edit: &EditFlags,
+    o: &OutputArgs,
+) -> Result<Experiment<'e>> {
+    let params = edit.params_for(&l.engine)?;
+    let pipeline = l.engine.pipeline(params.clone())?;
+    let noise = edit_noise(&pipeline, &params, picture.noise.as_deref(), l)?;
+    let image = image_to_tensor(&l.processed)?;
+    let progress = o.progress();
+    let mut ledger = Ledger::default();
+    let prepared =
+        prepare(&pipeline, &image, &picture.source, &picture.target, &noise, &mut ledger, progress.as_ref())?;
+    warn_truncated(o, l.engine.model(), &prepared.embeddings.truncated);
+    Ok(Experiment { params, pipeline, prepared, ledger, progress })
 }
 
 /// Files and figures a command wrote, for its summary.
