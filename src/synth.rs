@@ -476,10 +476,10 @@ pub fn classify(image: &[u8], background: &[u8], region: &[bool], size: usize) -
             let s = side * (0.9 + 0.04 * step as f64);
             for (ox, oy) in [(0.0, 0.0), (-0.5, 0.0), (0.5, 0.0), (0.0, -0.5), (0.0, 0.5)] {
                 let (mut inter, mut union) = (0usize, 0usize);
-                for i in 0..size * size {
+                for (i, &hit) in found.iter().enumerate().take(size * size) {
                     let d = shape.contains(cx + ox, cy + oy, s, (i % size) as f64 + 0.5, (i / size) as f64 + 0.5);
-                    inter += (d && found[i]) as usize;
-                    union += (d || found[i]) as usize;
+                    inter += (d && hit) as usize;
+                    union += (d || hit) as usize;
                 }
                 let iou = inter as f64 / union.max(1) as f64;
                 if iou > best.1 {

@@ -259,7 +259,9 @@ fn grayscale_rgba_palette_and_16_bit_images_are_converted() {
     let dir = tempfile::tempdir().unwrap();
     let (w, h) = (32u32, 24u32);
     let n = (w * h) as usize;
-    let cases: Vec<(&str, png::ColorType, png::BitDepth, Vec<u8>, Option<Vec<u8>>)> = vec![
+    // (file, colour type, bit depth, pixel bytes, palette)
+    type Case = (&'static str, png::ColorType, png::BitDepth, Vec<u8>, Option<Vec<u8>>);
+    let cases: Vec<Case> = vec![
         ("gray.png", png::ColorType::Grayscale, png::BitDepth::Eight, (0..n).map(|i| (i % 256) as u8).collect(), None),
         ("rgba.png", png::ColorType::Rgba, png::BitDepth::Eight, (0..4 * n).map(|i| (i % 251) as u8).collect(), None),
         (

@@ -192,7 +192,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let img2img = Summary::of(records.iter().map(|r| &r.img2img));
     if let Some(p) = &args.figure {
         let split = if validation { "validation" } else { "held-out" };
-        let title = format!("{} on {split} edits", model_name(&model));
+        let title = format!("{} on {split} edits", model_name(model));
         save_image(&grid_figure(&records, &edits, args.figure_rows, 4, &title), p)?;
         o.say(format!("wrote {}", path_str(p)));
     }

@@ -694,7 +694,6 @@ fn gemm_bf16_tasks(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut 
     let acc_len = pairs_per_chunk * 2 * TM * NC;
     (0..batch * n_tiles * m_chunks).into_par_iter().for_each(|t| {
         with_scratch(fbuf_len, vbuf_len, acc_len, |fbuf, vbuf, acc| {
-            let out = out;
             let mc = t % m_chunks;
             let nt = (t / m_chunks) % n_tiles;
             let b = t / (m_chunks * n_tiles);
@@ -739,7 +738,8 @@ fn gemm_bf16_tasks(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut 
                             // A whole 32 x 32 block of C is read (when prefilled) on the first K block and
                             // written on the last straight from the tiles; edge blocks go through `sums`.
                             let whole = rows == 2 * TM && cols == 2 * TN;
-                            let c_blk = CTiles::row_major(out.0.add(b * m * n + q * 2 * TM * n + n0 + jj * 2 * TN), n);
+                            let c_blk =
+                                CTiles::row_major(out.get().add(b * m * n + q * 2 * TM * n + n0 + jj * 2 * TN), n);
                             let src = match (first, whole && accumulate) {
                                 (true, true) => Some(c_blk),
                                 (true, false) => None,
@@ -763,7 +763,7 @@ fn gemm_bf16_tasks(a: &PackedA16, bsrc: BSrc16, batch: usize, n: usize, c: &mut 
                     let rt = 2 * (q - q0);
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        let c_blk = out.0.add(b * m * n + q * 2 * TM * n + n0 + jj * 2 * TN);
+                        let c_blk = out.get().add(b * m * n + q * 2 * TM * n + n0 + jj * 2 * TN);
                         add_tiles(
                             &acc[(rt * col_tiles + 2 * jj) * TM * TN..],
                             col_tiles,

@@ -114,7 +114,6 @@ impl CustomOp3 for AttentionOp {
         (0..n * blocks).into_par_iter().for_each_init(
             || (vec![0f32; lk * QB], vec![0f32; dv * QB], Vec::new()),
             |(scores, acc, buf), t| {
-                let optr = optr;
                 let (h, blk) = (t / blocks, t % blocks);
                 let q0 = blk * QB;
                 let rows = QB.min(lq - q0);
@@ -129,7 +128,7 @@ impl CustomOp3 for AttentionOp {
                     let inv = 1.0 / sums[r];
                     for c in 0..dv {
                         // SAFETY: row q0 + r of head h, disjoint between tasks.
-                        unsafe { *optr.0.add((h * lq + q0 + r) * dv + c) = acc[c * QB + r] * inv };
+                        unsafe { *optr.get().add((h * lq + q0 + r) * dv + c) = acc[c * QB + r] * inv };
                     }
                 }
             },
@@ -188,7 +187,6 @@ impl CustomOp3 for AttentionBf16Op {
         let scale = self.scale;
         (0..n * blocks).into_par_iter().for_each(|t| {
             amx::with_scratch(block * lk_pad, 2 * k_chunks * TILE, block * dv_pad, |scores, probs, acc| {
-                let optr = optr;
                 let (h, blk) = (t / blocks, t % blocks);
                 let rows = block.min(lq - blk * block);
                 let (qp, kp, vp) = &packed[h];
@@ -227,7 +225,7 @@ impl CustomOp3 for AttentionBf16Op {
                         let (p0, p1) = (probs.as_ptr(), probs.as_ptr().add(k_chunks * TILE));
                         amx::block_32x32(p0, p1, vp.at(2 * jj, 0), vp.at(2 * jj + 1, 0), k_chunks, None, c);
                     }
-                    let o = optr.0.add((h * lq + blk * block) * dv);
+                    let o = optr.get().add((h * lq + blk * block) * dv);
                     for r in 0..rows {
                         for c in 0..dv {
                             *o.add(r * dv + c) = acc[r * dv_pad + c] * inv[r];
@@ -289,7 +287,6 @@ impl CustomOp3 for AttentionPairsOp {
         (0..n * blocks).into_par_iter().for_each_init(
             || (vec![0f32; lk * QB], vec![0f32; dv * QB]),
             |(scores, acc), t| {
-                let optr = optr;
                 let (h, blk) = (t / blocks, t % blocks);
                 let q0 = blk * QB;
                 let rows = QB.min(lq - q0);
@@ -318,7 +315,7 @@ impl CustomOp3 for AttentionPairsOp {
                     let inv = 1.0 / sums[r];
                     for c in 0..dv {
                         // SAFETY: row q0 + r of head h, disjoint between tasks.
-                        unsafe { *optr.0.add((h * lq + q0 + r) * dv + c) = acc[c * QB + r] * inv };
+                        unsafe { *optr.get().add((h * lq + q0 + r) * dv + c) = acc[c * QB + r] * inv };
                     }
                 }
             },

@@ -328,7 +328,6 @@ pub fn gemm_pairs(a: &PackedAPairs, bsrc: BPairs, batch: usize, n: usize, c: &mu
     };
     (0..batch * n_tiles * m_chunks).into_par_iter().for_each(|t| {
         with_scratch(f_len, w_len, |fbuf, wbuf| {
-            let out = out;
             let mc = t % m_chunks;
             let nt = (t / m_chunks) % n_tiles;
             let b = t / (m_chunks * n_tiles);
@@ -359,7 +358,7 @@ pub fn gemm_pairs(a: &PackedAPairs, bsrc: BPairs, batch: usize, n: usize, c: &mu
                 };
                 // SAFETY: tasks write disjoint tiles (batch item, column tile, panel range) of C.
                 unsafe {
-                    block_product(a, k0, kc, view, out.0.add(b * m * n + n0), n, nc, p0..p1, accumulate || k0 > 0)
+                    block_product(a, k0, kc, view, out.get().add(b * m * n + n0), n, nc, p0..p1, accumulate || k0 > 0)
                 };
                 k0 += kc;
             }
@@ -491,7 +490,8 @@ unsafe fn micro<const R: usize>(
         prefetch(a.wrapping_add(A_AHEAD * MR) as *const f32);
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const __m512i));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const __m512i));
-        // Fully unrolled by the compiler: R is a constant.
+        // Fully unrolled by the compiler: R is a constant (an index, not an iterator, so that it is).
+        #[allow(clippy::needless_range_loop)]
         for r in 0..R {
             let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);

@@ -116,6 +116,14 @@ pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer. Tasks call this rather than read the field, so that their closures capture the
+    /// Send + Sync wrapper and not the bare pointer inside it.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// How many ranges to split M into, and how many of `m_units` (register panels, or pair rows)
 /// each range gets: M is split only when `col_tasks` (batch items x column tiles) are fewer than
 /// `want` tasks, since a range that packs B itself repeats that work.
@@ -148,14 +156,13 @@ pub fn gemm_packed(a: &PackedA, bsrc: BSrc, batch: usize, n: usize, c: &mut [f32
     (0..tasks).into_par_iter().for_each_init(
         || vec![0f32; buf_len],
         |buf, t| {
-            let out = out;
             let mc = t % m_chunks;
             let nt = (t / m_chunks) % n_tiles;
             let b = t / (m_chunks * n_tiles);
             let p0 = mc * panels_per_chunk;
             let p1 = (p0 + panels_per_chunk).min(m_panels);
             // SAFETY: tasks write disjoint tiles (batch item, column tile, panel range) of C.
-            unsafe { tile_task(a, &bsrc, b, out.0.add(b * m * n), n, nt * NC, p0..p1, buf, true) };
+            unsafe { tile_task(a, &bsrc, b, out.get().add(b * m * n), n, nt * NC, p0..p1, buf, true) };
         },
     );
 }
@@ -214,7 +221,6 @@ pub fn gemm_rows(a: &[f32], m: usize, k: usize, rs: usize, b: &PackedB, c: &mut 
     let n_chunks = n_panels.div_ceil(panels_per_n);
     let out = OutPtr(c.as_mut_ptr());
     (0..m_chunks * n_chunks).into_par_iter().for_each(|t| {
-        let out = out;
         let (mc, nch) = (t % m_chunks, t / m_chunks);
         let (p0, p1) = (mc * panels_per_m, ((mc + 1) * panels_per_m).min(m_panels));
         let (j0, j1) = (nch * panels_per_n, ((nch + 1) * panels_per_n).min(n_panels));
@@ -230,7 +236,7 @@ pub fn gemm_rows(a: &[f32], m: usize, k: usize, rs: usize, b: &PackedB, c: &mut 
                     // SAFETY: tasks write disjoint tiles (panel range x column chunk) of C; A's
                     // rows `rows` and B's micro-panel hold kc values from the pointers on.
                     unsafe {
-                        let cp = out.0.add(p * MR * n + j * NR);
+                        let cp = out.get().add(p * MR * n + j * NR);
                         micro_rows(kc, ap, rs, bp.as_ptr(), cp, n, rows, cols)
                     };
                 }
@@ -435,7 +441,8 @@ unsafe fn micro_avx512(
         prefetch(a.wrapping_add(A_AHEAD * MR));
         let b0 = _mm512_loadu_ps(b);
         let b1 = _mm512_loadu_ps(b.add(16));
-        // Fully unrolled by the compiler: MR is a constant.
+        // Fully unrolled by the compiler: MR is a constant (an index, not an iterator, so that it is).
+        #[allow(clippy::needless_range_loop)]
         for r in 0..MR {
             let av = _mm512_set1_ps(*a.add(r));
             acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);

@@ -59,7 +59,7 @@ impl CustomOp3 for GroupNormOp {
         let c = dims[1];
         let hw: usize = dims[2..].iter().product();
         let g = self.groups;
-        if c % g != 0 || gamma.len() != c || beta.len() != c {
+        if !c.is_multiple_of(g) || gamma.len() != c || beta.len() != c {
             candle_core::bail!("group norm kernel: {c} channels, {g} groups");
         }
         let cpg = c / g;
