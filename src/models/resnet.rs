@@ -2,9 +2,9 @@
 //! and `Upsample2D`, with diffusers' weight names.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::kernels::{self, Conv2d, GroupNorm};
+use crate::kernels::{self, Conv2d, GroupNorm, Linear};
 
 /// diffusers' `ResnetBlock2D` with `time_embedding_norm = "default"` (additive time embedding,
 /// or none for the VAE) and a 1x1 `conv_shortcut` when the channel count changes.
@@ -36,7 +36,7 @@ impl ResnetBlock2D {
         let norm1 = kernels::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
         let conv1 = kernels::conv2d(cfg.in_channels, cfg.out_channels, 3, conv3, vb.pp("conv1"))?;
         let time_emb_proj =
-            cfg.temb_channels.map(|t| candle_nn::linear(t, cfg.out_channels, vb.pp("time_emb_proj"))).transpose()?;
+            cfg.temb_channels.map(|t| kernels::linear(t, cfg.out_channels, vb.pp("time_emb_proj"))).transpose()?;
         let norm2 = kernels::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
         let conv2 = kernels::conv2d(cfg.out_channels, cfg.out_channels, 3, conv3, vb.pp("conv2"))?;
         let conv_shortcut = (cfg.in_channels != cfg.out_channels)

@@ -10,9 +10,9 @@
 //! a message naming the config key.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::kernels::{self, Conv2d, GroupNorm};
+use crate::kernels::{self, Conv2d, GroupNorm, Linear};
 use crate::models::attention::{Transformer2DModel, TransformerConfig};
 use crate::models::config::PerBlock;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
@@ -361,8 +361,8 @@ struct TimestepEmbedding {
 impl TimestepEmbedding {
     fn new(vb: VarBuilder, in_dim: usize, dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(dim, dim, vb.pp("linear_2"))?,
+            linear_1: kernels::linear(in_dim, dim, vb.pp("linear_1"))?,
+            linear_2: kernels::linear(dim, dim, vb.pp("linear_2"))?,
         })
     }
 
