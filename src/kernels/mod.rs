@@ -297,8 +297,6 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
     GroupNorm::new(groups, channels, eps, vb)
 }
 
-/// A deterministic pseudo-random matrix in [-1, 1) for the kernels' unit tests (no random-number
-/// dependency, the same values on every machine).
 /// A B stored as `[K, N]` per batch item, through the f32 packers' interface: the plain B the
 /// GEMM tests feed every packer path with.
 #[cfg(test)]
@@ -321,6 +319,8 @@ impl gemm::PackB for DenseB<'_> {
     }
 }
 
+/// A deterministic pseudo-random matrix in [-1, 1) for the kernels' unit tests (no random-number
+/// dependency, the same values on every machine).
 #[cfg(test)]
 pub(crate) fn test_matrix(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
